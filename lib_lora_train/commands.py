@@ -1,0 +1,84 @@
+"""What each CLI command does, on top of the library; output for people or for scripts."""
+
+import sys
+
+from .cli import ingest_config_from_args, print_json
+from .dicom.pseudonym import Pseudonymizer, load_or_create_site_key
+from .home import resolve_home
+
+
+def run(args):
+    """Dispatch a parsed command line; returns the exit status."""
+    home = resolve_home(args.home).ensure()
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(home, patients=args.patients, slices=args.slices)
+    return _run_ingest(args, home, captions=args.command == "prepare")
+
+
+def _run_ingest(args, home, captions):
+    from .dataset.prepare import new_dataset_id, prepare_dataset
+
+    config = ingest_config_from_args(args)
+    pseudonymizer = Pseudonymizer(load_or_create_site_key(home.site_key_path))
+    dataset_id = new_dataset_id()
+    output = args.output or home.datasets_dir / dataset_id
+    with progress_bar("de-identifying", disable=args.no_progress) as progress:
+        result = prepare_dataset(args.input, output, config, pseudonymizer, overwrite=args.overwrite,
+                                 captions=captions, progress=progress, dataset_id=dataset_id)
+    if args.json:
+        print_json(result.report)
+    else:
+        print(format_report(result.report, result.output_dir))
+    return 0 if result.ok else 1
+
+
+class progress_bar:
+    """A tqdm bar driven by ``(done, total)`` callbacks; a no-op without tqdm or when disabled."""
+
+    def __init__(self, description, disable=False):
+        self.description = description
+        self.disable = disable
+        self._bar = None
+
+    def __enter__(self):
+        return self.update
+
+    def update(self, done, total):
+        if self.disable:
+            return
+        if self._bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                self.disable = True
+                return
+            self._bar = tqdm(total=total, desc=self.description, unit="file", file=sys.stderr)
+        self._bar.n = done
+        self._bar.refresh()
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
+
+
+def format_report(report, output_dir):
+    """Readable summary of a ``report.json``."""
+    counts = report["counts"]
+    lines = [
+        f"dataset {report['dataset_id']} in {output_dir}",
+        f"  inputs: {counts['inputs']}  accepted: {counts['accepted_files']}  rejected: {counts['rejected_files']}",
+        f"  images: {counts['images']}  patients: {counts['patients']}  studies: {counts['studies']}"
+        f"  (pseudonymous counts)",
+    ]
+    if report["modalities"]:
+        lines.append("  modalities: " + ", ".join(f"{m or 'unknown'} {n}" for m, n in report["modalities"].items()))
+    if report["rejected"]:
+        lines.append("  rejected:")
+        width = max(len(item["input"]) for item in report["rejected"])
+        for item in report["rejected"]:
+            reason = item["reason"].split(": ", 1)[-1] if item["reason"].startswith(item["input"]) else item["reason"]
+            lines.append(f"    {item['input']:<{width}}  sha256 {item['sha256'] or '-':<12}  [{item['code']}] {reason}")
+    lines += [f"  {warning}" for warning in report["warnings"]]
+    return "\n".join(lines)

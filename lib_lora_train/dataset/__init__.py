@@ -1,0 +1,1 @@
+"""From uploaded inputs to a de-identified, captioned training set."""

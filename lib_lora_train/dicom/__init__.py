@@ -1,0 +1,1 @@
+"""DICOM reading, de-identification and pixel conversion."""
