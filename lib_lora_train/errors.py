@@ -66,6 +66,8 @@ class CaptionPHIError(LoraTrainError, ValueError):
             never the value itself.
     """
 
+    code = "caption_phi"
+
     def __init__(self, kind):
         super().__init__(f"caption rejected: it contains {kind}; remove it and try again")
         self.kind = kind

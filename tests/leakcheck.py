@@ -38,10 +38,10 @@ def harvest_needles(ds, min_length=5):
     visit(ds)
     if getattr(ds, "file_meta", None) is not None:
         visit(ds.file_meta)
-    return {n for n in needles if n.casefold() not in _technical_terms(ds)}
+    return {n for n in needles if n.casefold() not in technical_terms(ds)}
 
 
-def _technical_terms(ds):
+def technical_terms(ds):
     """Values of kept technical attributes (a description may repeat them: not a leak)."""
     terms = set()
     for elem in ds.iterall():

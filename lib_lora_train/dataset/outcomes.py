@@ -53,8 +53,12 @@ class FileOutcome:
                    code=getattr(error, "code", "error"), message=str(error))
 
     def to_dict(self):
+        """Manifest form: without the input's content hash (a hash of an identified file lets
+        whoever holds that file confirm it was used; only the report's short prefix of rejected
+        files keeps it, so the user can find them)."""
         return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items() if value not in ("", (), {}, None)}
+                for key, value in dataclasses.asdict(self).items()
+                if key != "sha256" and value not in ("", (), {}, None)}
 
 
 def build_manifest(dataset_id, config, outcomes, images, captions):

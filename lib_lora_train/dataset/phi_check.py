@@ -11,9 +11,9 @@ reported or logged, never the value.
 import dataclasses
 import logging
 import re
-import unicodedata
+from collections.abc import Callable
 
-from ..dicom.identifiers import MONTH_NAMES, compact_text, normalize_text
+from ..dicom.identifiers import MONTH_NAMES, compact_text, fold_text, normalize_text
 from ..errors import CaptionPHIError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class _Rule:
     name: str
     kind: str
     pattern: re.Pattern
-    accept: object = None
+    accept: Callable[[re.Match], bool] | None = None
 
 
 def _valid_ymd(match):
@@ -73,8 +73,8 @@ def _valid_dmy(match):
 def _valid_phone(match):
     text = match.group(0)
     digits = sum(c.isdigit() for c in text)
-    groups = re.findall(r"\d+", text)
-    return digits >= _MIN_PHONE_DIGITS and (text.startswith(("+", "(")) or max(map(len, groups)) >= 3)
+    separated = re.search(r"\d[\s().\-/]+\d", text) is not None
+    return digits >= _MIN_PHONE_DIGITS and (text.startswith(("+", "(")) or separated)
 
 
 def _id_like(match):
@@ -153,12 +153,10 @@ def _first_hit(text, index):
     if not isinstance(text, str):
         raise TypeError(f"a caption must be text, got {type(text).__name__}")
     if index is not None:
-        views = (f" {normalize_text(text)} ", f" {compact_text(text)} ")
-        for value in index.values:
-            needle = f" {value.normalized} "
-            if any(needle in view for view in views):
-                return value.kind, f"header:{value.keyword}"
-    folded = _fold(text)
+        value = _longest_header_match(text, index)
+        if value is not None:
+            return value.kind, f"header:{value.keyword}"
+    folded = fold_text(text)
     for rule in GENERIC_RULES:
         for match in rule.pattern.finditer(folded):
             if rule.accept is None or rule.accept(match):
@@ -166,7 +164,17 @@ def _first_hit(text, index):
     return None
 
 
-def _fold(text):
-    """NFKD, accents stripped and casefolded, punctuation kept (the patterns need it)."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+def _longest_header_match(text, index):
+    """The longest index value found in the text; the most complete evidence names the kind.
+
+    E.g. the station name "CT01_OC0", not the private suite id "CT01" inside it.
+    """
+    views = (f" {normalize_text(text)} ", f" {compact_text(text)} ")
+    best = None
+    for value in index.values:
+        if best is not None and len(value.normalized) <= len(best.normalized):
+            continue
+        needle = f" {value.normalized} "
+        if any(needle in view for view in views):
+            best = value
+    return best

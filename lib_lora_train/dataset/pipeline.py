@@ -18,7 +18,6 @@ from ..dicom.deid import deidentify, mark_pixels_clean
 from ..dicom.identifiers import harvest_identifiers
 from ..dicom.read import check_is_image, read_dataset
 from ..errors import InputError, LoraTrainError
-from ..fileio import write_bytes_atomic
 from .captions import caption_for
 from .images import fit_square, png_bytes
 from .outcomes import FileOutcome, ImageRecord
@@ -97,7 +96,9 @@ class FilePipeline:
         deid = result.dataset
         if config.blank_regions:
             _blank_stored_pixels(deid, config.blank_regions)
-        frames = pixels.render_frames(deid, window=config.window, frames=config.frames)
+        frames = pixels.render_frames(deid, window=config.window, frames=config.frames,
+                                      max_frame_pixels=config.max_frame_pixels,
+                                      max_total_pixels=config.max_total_pixels)
         ocr = burned_in.ocr_gate([frame.pixels for frame in frames], config, self.detector)
         if config.blank_regions or ocr.ran:
             mark_pixels_clean(deid)
@@ -115,7 +116,7 @@ class FilePipeline:
         stem = self.pseudonymizer.image_name(source_key, frame.index)
         file_name = f"images/{stem}.png"
         data = png_bytes(fit_square(frame.pixels, self.config.resolution, self.config.resize_mode))
-        write_bytes_atomic(self.staging / file_name, data)
+        (self.staging / file_name).write_bytes(data)  # staging is invisible until published
         window = frame.window
         caption = ""
         if self.captions:
@@ -130,7 +131,7 @@ class FilePipeline:
         file_name = f"dicom/{self.pseudonymizer.image_name(source_key, -1)}.dcm"
         buffer = io.BytesIO()
         deid.save_as(buffer, enforce_file_format=True)
-        write_bytes_atomic(self.staging / file_name, buffer.getvalue())
+        (self.staging / file_name).write_bytes(buffer.getvalue())
         return file_name
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import io
 import logging
+import os
 import pathlib
 import secrets
 import shutil
@@ -27,6 +28,7 @@ import shutil
 from ..config import IngestConfig
 from ..errors import InputError
 from ..fileio import write_json_atomic, write_text_atomic
+from ..dicom.read import pydicom_silenced
 from .inputs import expand_inputs
 from .outcomes import FileOutcome, ImageRecord, build_manifest, build_report
 from .pipeline import FilePipeline, scan_header
@@ -98,7 +100,8 @@ def prepare_dataset(inputs, output_dir, config, pseudonymizer, *, overwrite=Fals
     if config.keep_deid_dicom and captions:
         (staging / "dicom").mkdir()
     try:
-        outcomes, images = _ingest_all(inputs, staging, config, pseudonymizer, captions, detector, progress)
+        with pydicom_silenced():
+            outcomes, images = _ingest_all(inputs, staging, config, pseudonymizer, captions, detector, progress)
         manifest = build_manifest(dataset_id, config, outcomes, images, captions)
         report = build_report(dataset_id, config, outcomes, images)
         _write_index_files(staging, images, manifest, report, captions)
@@ -182,7 +185,12 @@ def _write_index_files(staging, images, manifest, report, captions):
 
 
 def _publish(staging, output_dir):
-    """Move the finished items from staging into the output folder, replacing old ones."""
+    """Make the staged dataset durable, then move it into the output folder, replacing old items.
+
+    Staged files are written plainly (nobody sees them before this point); one ``os.sync``
+    here makes them durable before they become visible, instead of an fsync per file.
+    """
+    os.sync()
     for name in DATASET_ITEMS:
         target = output_dir / name
         if target.is_dir():

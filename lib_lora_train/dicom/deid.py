@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, PYDICOM_
 from .. import __version__
 from ..errors import DicomError
 from . import profile
+from .vocabulary import BODY_PART_TERMS, fold_body_part
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def _shifted(element, keyword, ctx):
 
 
 def _is_body_part_term(value):
-    return isinstance(value, str) and value.strip().upper().replace(" ", "") in profile.BODY_PART_TERMS
+    return isinstance(value, str) and fold_body_part(value) in BODY_PART_TERMS
 
 
 def _record_method(ds, date_policy):

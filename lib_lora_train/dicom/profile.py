@@ -49,7 +49,7 @@ ALLOWED_KEYWORDS = frozenset(
         # geometry
         "PixelSpacing", "SliceThickness", "SpacingBetweenSlices", "ImageOrientationPatient",
         "ImagePositionPatient", "PatientPosition", "SliceLocation",
-        # acquisition descriptors used for captions (BodyPartExamined is filtered below)
+        # acquisition descriptors used for captions (BodyPartExamined only as a vocabulary.py term)
         "BodyPartExamined", "ImageLaterality", "Laterality", "ViewPosition", "KVP",
         # pixel provenance, set truthfully by this product
         "BurnedInAnnotation", "RecognizableVisualFeatures",
@@ -63,18 +63,6 @@ ALLOWED_SEQUENCES = frozenset(
         "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
         "PixelMeasuresSequence", "PlanePositionSequence", "PlaneOrientationSequence",
         "PixelValueTransformationSequence", "FrameVOILUTSequence",
-    }
-)
-
-# (0018,0015) Body Part Examined is free CS text in practice; keep only Defined Terms from
-# PS3.16 Annex L (a subset), so a name typed into it cannot survive.
-BODY_PART_TERMS = frozenset(
-    {
-        "ABDOMEN", "ABDOMENPELVIS", "ANKLE", "ARM", "BRAIN", "BREAST", "CHEST", "CHESTABDOMEN",
-        "CHESTABDPELVIS", "CLAVICLE", "COCCYX", "CSPINE", "ELBOW", "EXTREMITY", "FOOT", "HAND", "HEAD",
-        "HEADNECK", "HEART", "HIP", "JAW", "KIDNEY", "KNEE", "LEG", "LIVER", "LSPINE", "LUNG", "NECK",
-        "PANCREAS", "PELVIS", "PROSTATE", "SHOULDER", "SKULL", "SPINE", "SSPINE", "THORAX", "TSPINE",
-        "WHOLEBODY", "WRIST",
     }
 )
 

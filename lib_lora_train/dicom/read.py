@@ -5,8 +5,10 @@ accepted only if it starts like a little-endian dataset (group 0008) and then pa
 an object with a SOP Class. ``force=True`` alone would turn any bytes into a bogus dataset.
 """
 
+import contextlib
 import io
 import logging
+import warnings
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -16,6 +18,35 @@ from ..errors import DicomError, UnsupportedImageError
 from . import profile
 
 logger = logging.getLogger(__name__)
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record):
+        return False
+
+
+@contextlib.contextmanager
+def pydicom_silenced():
+    """Keep pydicom from echoing element values into logs and warnings while we work.
+
+    pydicom's validation reports an invalid value by quoting it ("Invalid value for VR UI:
+    '<the value>'") through both ``warnings`` and its logger, so a malformed PatientName or
+    UID would reach a log line. Inside this context validation is off and pydicom's log
+    records and warnings are dropped; our own messages say what went wrong without values.
+    """
+    settings = pydicom.config.settings
+    modes = settings.reading_validation_mode, settings.writing_validation_mode
+    pydicom_logger = logging.getLogger("pydicom")
+    blocker = _DropRecords()
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    pydicom_logger.addFilter(blocker)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_logger.removeFilter(blocker)
+        settings.reading_validation_mode, settings.writing_validation_mode = modes
 
 
 def read_dataset(data, label):
