@@ -217,3 +217,17 @@ def test_dates_shifted_on_request(tmp_path, pseudonymizer):
     kept = pydicom.dcmread(tmp_path / "ds" / result.outcomes[0].dicom_file)
     assert kept.StudyDate and kept.StudyDate != PhantomPatient(0).study_date
     assert kept.LongitudinalTemporalInformationModified == "MODIFIED"
+
+
+def test_pydicom_value_warnings_never_reach_logs(tmp_path, pseudonymizer, caplog, recwarn):
+    ds = make_ct_slice(PhantomPatient(0), 0, size=64)
+    ds.StudyInstanceUID = "QUILLFEATHER-not-a-uid"  # pydicom's validation would quote it
+    ds.AccessionNumber = "MARROWDALE-ACCESSION-TOO-LONG-FOR-SH"
+    ds.save_as(tmp_path / "bad.dcm", enforce_file_format=True)
+    caplog.clear()
+    recwarn.clear()
+    caplog.set_level(logging.DEBUG)
+    result = prepare_dataset([tmp_path / "bad.dcm"], tmp_path / "ds", IngestConfig(**FAST), pseudonymizer)
+    assert result.ok
+    said = caplog.text + " ".join(str(w.message) for w in recwarn.list)
+    assert "QUILLFEATHER" not in said and "MARROWDALE" not in said
