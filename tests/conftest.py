@@ -51,3 +51,14 @@ def corpus_file():
         return path
 
     return _get
+
+
+# Public files with realistic PHI in their headers (DICOM_NOTES.md section 3.2).
+PHI_FILES = (
+    "CT_small.dcm",
+    "humans/ctbrain1.dcm",
+    "ultrasounds/GREYSCALE_IMAGE.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm",
+    "RG1_UNCR.dcm",
+    "eCT_Supplemental.dcm",
+)

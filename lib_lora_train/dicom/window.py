@@ -7,8 +7,6 @@ Hounsfield units and is therefore only meaningful for CT.
 
 import dataclasses
 
-import numpy as np
-
 # name -> (centre/level L, width W) in HU. Radiopaedia values; "soft_tissue" is OHIF's
 # "Soft tissue" (W 400 / L 40). lower..upper = L - W/2 .. L + W/2.
 WINDOW_PRESETS = {
@@ -77,6 +75,8 @@ def apply_window(values, window):
     Returns:
         `np.ndarray`: ``uint8`` array of the same shape.
     """
+    import numpy as np  # lazily: config imports this module for the preset names only
+
     x = np.asarray(values, dtype=np.float64)
     c, w = float(window.center), float(window.width)
     if window.function == "SIGMOID":
@@ -103,6 +103,8 @@ def auto_window(values, mask=None, low_percentile=0.5, high_percentile=99.5):
     Returns:
         `Window`: named ``"auto"``, ``LINEAR_EXACT``.
     """
+    import numpy as np
+
     data = np.asarray(values, dtype=np.float64)
     if mask is not None:
         data = data[np.asarray(mask, dtype=bool)]
@@ -118,4 +120,6 @@ def auto_window(values, mask=None, low_percentile=0.5, high_percentile=99.5):
 
 def invert(grey):
     """Invert 8-bit grey levels (MONOCHROME1 or an INVERSE presentation LUT)."""
+    import numpy as np
+
     return (255 - np.asarray(grey, dtype=np.uint8)).astype(np.uint8)

@@ -11,18 +11,10 @@ import pytest
 from lib_lora_train.dataset.phi_check import check_caption, find_phi
 from lib_lora_train.dicom import identifiers as ids
 from lib_lora_train.errors import CaptionPHIError
+from tests.conftest import PHI_FILES
 
 pytestmark = pytest.mark.filterwarnings("ignore:The value length")
 
-# Public files with realistic PHI (DICOM_NOTES.md section 3.2).
-PHI_FILES = (
-    "CT_small.dcm",
-    "humans/ctbrain1.dcm",
-    "ultrasounds/GREYSCALE_IMAGE.dcm",
-    "MR-SIEMENS-DICOM-WithOverlays.dcm",
-    "RG1_UNCR.dcm",
-    "eCT_Supplemental.dcm",
-)
 
 CLEAN_CAPTIONS = (
     "CT scan of chest, axial slice, lung window, medical_art style",

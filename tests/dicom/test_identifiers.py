@@ -9,17 +9,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
 from lib_lora_train.dicom import identifiers as ids
+from tests.conftest import PHI_FILES
 
 pytestmark = pytest.mark.filterwarnings("ignore:The value length")
 
-PHI_FILES = (
-    "CT_small.dcm",
-    "humans/ctbrain1.dcm",
-    "ultrasounds/GREYSCALE_IMAGE.dcm",
-    "MR-SIEMENS-DICOM-WithOverlays.dcm",
-    "RG1_UNCR.dcm",
-    "eCT_Supplemental.dcm",
-)
 _CLASS_KEYWORD_SUFFIXES = ("ClassUID", "TransferSyntaxUID")
 
 

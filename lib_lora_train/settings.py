@@ -1,0 +1,54 @@
+"""Settings a host (the WebUI's Settings tab) exposes, and how they become configs.
+
+The host shows :data:`HOST_SETTINGS` in its own settings UI and hands back a mapping of
+the values it stores; everything else (validation, defaults, where data lives) is decided
+here, so the WebUI glue stays a few lines of registration.
+"""
+
+import dataclasses
+
+from .config import CAPTION_FIELDS, DEFAULT_CAPTION_TEMPLATE, IngestConfig
+from .dicom.window import WINDOW_MODES, WINDOW_PRESETS
+from .home import HOME_ENV_VAR, resolve_home
+
+SETTINGS_SECTION = ("medical_lora", "Medical LoRA (DICOM)")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSetting:
+    """One setting: its key in the host's store, default, label and allowed choices."""
+
+    key: str
+    default: object
+    label: str
+    choices: tuple = ()
+
+
+HOST_SETTINGS = (
+    HostSetting("medical_lora_home", "",
+                f"Data home folder (empty: ${HOME_ENV_VAR}, else ~/.medical-lora); nothing is written elsewhere"),
+    HostSetting("medical_lora_window", "file", "Default window for DICOM conversion",
+                WINDOW_MODES + tuple(WINDOW_PRESETS)),
+    HostSetting("medical_lora_caption_template", DEFAULT_CAPTION_TEMPLATE,
+                "Caption template; placeholders: " + ", ".join("{" + f + "}" for f in CAPTION_FIELDS)),
+)
+
+
+def _value(options, setting):
+    value = options.get(setting.key, setting.default)
+    return setting.default if value is None else value
+
+
+def home_from_options(options, environ=None):
+    """The data home chosen in the host's settings (see :func:`resolve_home`)."""
+    return resolve_home(_value(options, HOST_SETTINGS[0]) or None, environ)
+
+
+def ingest_config_from_options(options, **overrides):
+    """An :class:`IngestConfig` from the host's settings plus per-job overrides (validated)."""
+    values = {
+        "window": _value(options, HOST_SETTINGS[1]),
+        "caption_template": _value(options, HOST_SETTINGS[2]),
+    }
+    values.update(overrides)
+    return IngestConfig.from_dict(values)
