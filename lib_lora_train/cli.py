@@ -30,6 +30,12 @@ def build_parser():
     _add_ingest_arguments(prepare, output_help="dataset folder (default: <home>/datasets/<new id>)")
     convert = commands.add_parser("dicom2png", help="de-identify and convert DICOM inputs to PNG only")
     _add_ingest_arguments(convert, output_help="folder for images/ and report.json", output_required=True)
+    train = commands.add_parser("train", help="train a LoRA adapter on a prepared dataset")
+    train.add_argument("--config", "-c", required=True, help="YAML file (nested model_config/train_config or flat)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key (YAML value), e.g. --set lora_rank=4; repeatable")
+    train.add_argument("--json", action="store_true", help="print the result as JSON")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo = commands.add_parser("demo", help="run the pipeline end to end on generated phantom DICOMs")
     demo.add_argument("--patients", type=int, default=3, help="phantom patients to generate (default 3)")
     demo.add_argument("--slices", type=int, default=6, help="slices per patient (default 6)")

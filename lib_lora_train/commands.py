@@ -14,7 +14,63 @@ def run(args):
         from .demo import run_demo
 
         return run_demo(home, patients=args.patients, slices=args.slices)
+    if args.command == "train":
+        return _run_train(args, home)
     return _run_ingest(args, home, captions=args.command == "prepare")
+
+
+def _run_train(args, home):
+    from .config import load_config
+    from .trainer.api import LoRATrainer
+
+    trainer = LoRATrainer(load_config(args.config, args.overrides), home)
+    trainer.prepare_data()
+    trainer.build_model()
+    try:
+        with training_bar(trainer.total_steps(), disable=args.no_progress) as progress:
+            result = trainer.train(progress=progress)
+    except KeyboardInterrupt:
+        print("training interrupted; nothing was exported and the base model is unchanged", file=sys.stderr)
+        return 130
+    exported = trainer.export_lora_weights()
+    summary = {"name": exported.name, "file": str(exported.path), "size_bytes": exported.size_bytes,
+               "sha256": exported.sha256, "steps": result.steps, "stopped": result.stopped,
+               "final_loss": result.final_loss, "prompt": f"<lora:{exported.name}:0.7>"}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"adapter {exported.name}: {exported.path} ({exported.size_bytes / 1e6:.1f} MB, sha256 "
+              f"{exported.sha256[:12]})")
+        print(f"  {result.steps} steps ({result.stopped}), final loss {result.final_loss:.4f}; "
+              f"loss log and curve in {exported.path.parent}")
+        print(f"  use it in a prompt: <lora:{exported.name}:0.7>")
+    return 0
+
+
+class training_bar:
+    """A tqdm bar for training steps showing loss and speed; a no-op without tqdm or when disabled."""
+
+    def __init__(self, total, disable=False):
+        self.total = total
+        self.disable = disable
+        self._bar = None
+
+    def __enter__(self):
+        if not self.disable:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return None
+            self._bar = tqdm(total=self.total, desc="training", unit="step", file=sys.stderr)
+        return self.update if self._bar is not None else None
+
+    def update(self, progress):
+        self._bar.n = progress.step
+        self._bar.set_postfix(loss=f"{progress.loss:.4f}", epoch=progress.epoch)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _run_ingest(args, home, captions):

@@ -3,6 +3,10 @@
 Help texts live in ``field(metadata={"help": ...})`` and are the single source for CLI
 help and UI labels. A validated config is never mutated: derive a new one with
 :func:`dataclasses.replace`, which validates again.
+
+This module holds :class:`IngestConfig` and the shared checks; :class:`TrainConfig` and
+:func:`load_config` live in :mod:`.train_config` (which imports these checks) and are
+re-exported here, so ``from lib_lora_train.config import TrainConfig`` works.
 """
 
 import dataclasses
@@ -26,12 +30,15 @@ def _check_choice(key, value, allowed):
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
 
 
-def _check_int(key, value, minimum, maximum=None):
+def _check_int(key, value, minimum, maximum=None, optional=False):
+    if optional and value is None:
+        return
+    unset = " (or null to unset)" if optional else ""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}={value!r} must be a whole number")
+        raise ConfigError(f"{key}={value!r} must be a whole number{unset}")
     if value < minimum or (maximum is not None and value > maximum):
         upper = f" and at most {maximum}" if maximum is not None else ""
-        raise ConfigError(f"{key}={value!r} must be at least {minimum}{upper}")
+        raise ConfigError(f"{key}={value!r} must be at least {minimum}{upper}{unset}")
 
 
 def _check_bool(key, value):
@@ -154,11 +161,24 @@ def field_help(cls):
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-def _from_dict(cls, values):
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
+def _reject_unknown(keys, known, where=""):
+    for key in keys:
         if key not in known:
-            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
             suffix = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(sorted(known))}"
-            raise ConfigError(f"unknown key {key!r}{suffix}")
+            raise ConfigError(f"unknown key {key!r}{where}{suffix}")
+
+
+def _from_dict(cls, values):
+    _reject_unknown(values, {f.name for f in dataclasses.fields(cls)})
     return cls(**values)
+
+
+def __getattr__(name):
+    # Lazy re-export (PEP 562): train_config imports this module's checks, so an eager
+    # import here would be circular whichever of the two modules is imported first.
+    if name in ("TrainConfig", "load_config"):
+        from . import train_config
+
+        return getattr(train_config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

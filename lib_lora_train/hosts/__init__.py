@@ -1,0 +1,1 @@
+"""Model hosts: what the trainer needs from a loaded Stable Diffusion model."""
