@@ -71,3 +71,15 @@ class CaptionPHIError(LoraTrainError, ValueError):
     def __init__(self, kind):
         super().__init__(f"caption rejected: it contains {kind}; remove it and try again")
         self.kind = kind
+
+
+class LoraInjectError(LoraTrainError, ValueError):
+    """LoRA cannot be injected, read or loaded as asked (bad spec, unknown targets, mismatched state)."""
+
+
+class ExportError(LoraTrainError, ValueError):
+    """An adapter cannot be exported as asked: bad keys, shapes, names, metadata or file."""
+
+
+class ModelLoadError(LoraTrainError, RuntimeError):
+    """A base model cannot be loaded: missing, damaged, unsupported, or not a base model at all."""

@@ -266,6 +266,7 @@ class _Package:
     optional: bool = False
     accepted: str | None = None
     needs: tuple = ()
+    no_deps: bool = False
 
     @property
     def requirement(self):
@@ -353,6 +354,10 @@ def _standalone_training_packages():
         _Package("transformers", ">=4.41,<6", "text encoders"),
         _Package("diffusers", ">=0.30,<1", "diffusion models"),
         _Package("peft", ">=0.13.2,<1", "LoRA layers"),
+        # Only its data file (OpenAI's CLIP BPE vocabulary, MIT) is used, to build the tokenizer of
+        # local SD checkpoints offline; its own imports (torchvision, ftfy) are never needed.
+        _Package("clip-anytorch", "==2.6.0", "CLIP tokenizer vocabulary for local SD checkpoints",
+                 accepted=">=2.5,<3", no_deps=True),
     ]
 
 
@@ -409,7 +414,7 @@ def _is_version(text):
 
 def _step_for(package, installed, context):
     """Return ``(step or None, problem or None)`` for one table row."""
-    no_deps = context == "webui"
+    no_deps = context == "webui" or package.no_deps
     version = _installed_version(installed, package.name)
     if version is None:
         return PipStep(package.requirement, no_deps, package.optional, f"missing: {package.reason}"), None
@@ -424,7 +429,7 @@ def _step_for(package, installed, context):
         )
         return None, problem
     reason = f"installed {version} is outside {package.accepted_range}: {package.reason}"
-    return PipStep(package.requirement, False, package.optional, reason), None
+    return PipStep(package.requirement, package.no_deps, package.optional, reason), None
 
 
 def _missing_needs_problems(steps, table, installed):

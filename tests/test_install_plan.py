@@ -74,6 +74,7 @@ STANDALONE_TRAINING = [
     "transformers>=4.41,<6",
     "diffusers>=0.30,<1",
     "peft>=0.13.2,<1",
+    "clip-anytorch==2.6.0",
 ]
 
 
@@ -167,7 +168,8 @@ def test_standalone_fresh_machine_gets_pinned_torch_and_training_stack():
         *STANDALONE_TRAINING,
         "rapidocr-onnxruntime>=1.3,<2",
     ]
-    assert not any(step.no_deps for step in plan.steps)
+    # only clip-anytorch goes without dependencies: just its vocabulary file is used
+    assert [step.name for step in plan.steps if step.no_deps] == ["clip-anytorch"]
     assert [step.name for step in plan.optional_steps] == [
         "python-gdcm",
         "pylibjpeg",
@@ -221,6 +223,7 @@ def test_standalone_everything_installed_is_empty():
         "transformers": "4.46.1",
         "diffusers": "0.31.0",
         "peft": "0.13.2",
+        "clip-anytorch": "2.6.0",
         "rapidocr-onnxruntime": "1.4.4",
     }
     assert plan_install(installed, (3, 11), "standalone").is_empty

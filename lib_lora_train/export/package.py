@@ -39,13 +39,18 @@ def kohya_tensors(result, facts, alpha):
 
 
 def adapter_metadata(config, facts, result, session_id, registry_id):
-    """Header metadata from an allow-list; name and purpose screened for personal data."""
+    """Header metadata from an allow-list; the purpose (free text) is screened for personal data.
+
+    The name needs no screen of its own: it is restricted to ``[A-Za-z0-9_.-]`` and chosen by
+    staff; the generic ID pattern would refuse ordinary names such as ``chest_ct_v1``.
+    """
+    purpose = config.purpose or NOT_STATED
+    check_caption(purpose)
     return build_metadata(
-        name=config.adapter_name(), purpose=config.purpose or NOT_STATED,
+        name=config.adapter_name(), purpose=purpose,
         registry_id=registry_id or f"unregistered-{session_id}",
         base_model_version=facts.base_model_version, network_dim=config.lora_rank,
         network_alpha=config.lora_alpha, v_prediction=result.prediction_type == "v_prediction",
-        text_checker=check_caption,
         num_train_images=result.num_images, max_train_steps=result.steps, num_epochs=result.epochs,
         resolution=config.resolution or facts.native_resolution, training_started_at=result.started_at,
         training_finished_at=result.finished_at, learning_rate=config.learning_rate,

@@ -1,0 +1,164 @@
+"""Step time and peak memory of the trainer against a plain reference loop, same process.
+
+The reference is written plainly in the style of diffusers'
+``examples/text_to_image/train_text_to_image_lora.py``: peft LoRA on the UNet via
+``unet.add_adapter``, and every step runs the VAE encoder and the text encoder again.
+Our trainer computes latents and conditionings once and then runs only the UNet.
+Both use the same model, images, captions, batch size, rank and optimizer.
+
+Time: median seconds per optimizer step (after warm-up), both measured in this process.
+Memory: peak resident memory of a fresh child process per loop (CPU), or
+``torch.cuda.max_memory_allocated`` (GPU); printed as a ratio too.
+
+Usage: python bench/train_step.py [--resolution 128] [--steps 12] [--batch-size 2] [--device cpu]
+"""
+
+import argparse
+import json
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_dataset(folder, resolution):
+    from lib_lora_train.config import IngestConfig
+    from lib_lora_train.dataset.prepare import prepare_dataset
+    from lib_lora_train.dicom.phantom import write_phantom_series
+    from lib_lora_train.dicom.pseudonym import Pseudonymizer
+
+    write_phantom_series(folder / "in", n_patients=2, slices_per_patient=4, size=resolution)
+    prepare_dataset([folder / "in"], folder / "ds", IngestConfig(ocr="off", resolution=resolution, window="lung"),
+                    Pseudonymizer(b"b" * 32), overwrite=True)
+    return folder / "ds"
+
+
+def load_host(cache, device):
+    import torch
+
+    from lib_lora_train.hosts.diffusers_host import DiffusersHost
+
+    return DiffusersHost.embedded(cache, device=device, dtype=torch.float32)
+
+
+def run_ours(host, dataset, args):
+    """Median step time of lib_lora_train's loop."""
+    from lib_lora_train.config import TrainConfig
+    from lib_lora_train.trainer.data import load_examples
+    from lib_lora_train.trainer.loop import train_lora
+    from lib_lora_train.trainer.precision import resolve_precision
+
+    config = TrainConfig(train_data_dir=str(dataset), resolution=args.resolution, lora_rank=args.rank,
+                         lora_alpha=float(args.rank), batch_size=args.batch_size, max_steps=args.steps,
+                         mixed_precision="no", device=args.device, output_dir=str(dataset.parent / "out" / "bench"))
+    stamps = []
+    train_lora(host, load_examples(dataset), config, resolve_precision(args.device, "no"),
+               progress=lambda p: stamps.append(time.perf_counter()))
+    return statistics.median(b - a for a, b in zip(stamps[args.warmup:], stamps[args.warmup + 1:]))
+
+
+def run_reference(host, dataset, args):
+    """Median step time of a plain diffusers-style loop (encoders every step)."""
+    import torch
+    from peft import LoraConfig
+
+    from lib_lora_train.trainer.data import load_examples, load_pixels
+
+    examples = load_examples(dataset)
+    pixels = torch.stack([load_pixels(e.image_path, args.resolution) for e in examples])
+    ids = host.tokenizer([e.caption for e in examples], padding="max_length", truncation=True,
+                         max_length=host.tokenizer.model_max_length, return_tensors="pt").input_ids
+    unet, vae, text_encoder = host.unet, host.vae, host.text_encoder
+    unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    alphas = host.alphas_cumprod.to(torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    stamps = []
+    unet.train()
+    try:
+        for step in range(args.steps):
+            batch = torch.randint(0, len(examples), (args.batch_size,), generator=generator)
+            latents = vae.encode(pixels[batch].to(host.device)).latent_dist.sample() * vae.config.scaling_factor
+            hidden = text_encoder(ids[batch].to(host.device), return_dict=False)[0]
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, len(alphas), (args.batch_size,), device=latents.device)
+            a = alphas.to(latents.device)[timesteps].view(-1, 1, 1, 1)
+            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+            prediction = unet(noisy, timesteps, hidden, return_dict=False)[0]
+            loss = torch.nn.functional.mse_loss(prediction.float(), noise.float(), reduction="mean")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            stamps.append(time.perf_counter())
+    finally:
+        unet.eval()
+        unet.delete_adapters(unet.active_adapters())
+    return statistics.median(b - a for a, b in zip(stamps[args.warmup:], stamps[args.warmup + 1:]))
+
+
+def child_peak_memory(which, args, dataset, cache):
+    """Run one loop in a fresh process and return its peak memory increase in MiB."""
+    command = [sys.executable, __file__, "--child", which, "--dataset", str(dataset), "--cache", str(cache),
+               "--resolution", str(args.resolution), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+               "--rank", str(args.rank), "--device", args.device, "--warmup", str(args.warmup)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def child(args):
+    import torch
+
+    host = load_host(pathlib.Path(args.cache), args.device)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+    else:
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    (run_ours if args.child == "ours" else run_reference)(host, pathlib.Path(args.dataset), args)
+    if args.device.startswith("cuda"):
+        peak = (torch.cuda.max_memory_allocated() - start) / 2**20
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024
+    print(json.dumps({"peak_mib": peak}))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--child", choices=("ours", "reference"))
+    parser.add_argument("--dataset")
+    parser.add_argument("--cache")
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        dataset = make_dataset(tmp, args.resolution)
+        host = load_host(tmp / "models", args.device)
+        reference = run_reference(host, dataset, args)
+        ours = run_ours(host, dataset, args)
+        memory = {which: child_peak_memory(which, args, dataset, tmp / "models") for which in ("reference", "ours")}
+    print(f"embedded tiny SD-1.x model, {args.resolution}px, batch {args.batch_size}, rank {args.rank}, "
+          f"{args.steps} steps ({args.warmup} warm-up), device {args.device}")
+    print(f"  reference (encoders every step): {reference * 1000:8.1f} ms/step   peak +{memory['reference']:.0f} MiB")
+    print(f"  lib_lora_train (cached):         {ours * 1000:8.1f} ms/step   peak +{memory['ours']:.0f} MiB")
+    print(f"  time ratio {ours / reference:.2f}x (target <= 0.80x), memory ratio "
+          f"{memory['ours'] / max(memory['reference'], 1e-9):.2f}x (target <= 1.00x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Export of trained adapters: kohya key names, allow-listed metadata and the safetensors file."""
