@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -101,7 +102,6 @@ def run_reference(host, dataset, args):
             stamps.append(time.perf_counter())
     finally:
         unet.eval()
-        unet.delete_adapters(unet.active_adapters())
     return statistics.median(b - a for a, b in zip(stamps[args.warmup:], stamps[args.warmup + 1:]))
 
 
@@ -121,14 +121,49 @@ def child(args):
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-    else:
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    (run_ours if args.child == "ours" else run_reference)(host, pathlib.Path(args.dataset), args)
-    if args.device.startswith("cuda"):
-        peak = (torch.cuda.max_memory_allocated() - start) / 2**20
-    else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024
-    print(json.dumps({"peak_mib": peak}))
+        (run_ours if args.child == "ours" else run_reference)(host, pathlib.Path(args.dataset), args)
+        print(json.dumps({"peak_mib": (torch.cuda.max_memory_allocated() - start) / 2**20}))
+        return
+    sampler = RssSampler()
+    with sampler:
+        (run_ours if args.child == "ours" else run_reference)(host, pathlib.Path(args.dataset), args)
+    print(json.dumps({"peak_mib": sampler.peak_increase / 2**20}))
+
+
+class RssSampler:
+    """Highest resident set size above the level at start, sampled every millisecond.
+
+    ``ru_maxrss`` cannot be used: loading the model already set a higher peak than training.
+    """
+
+    def __init__(self):
+        self.baseline = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current():
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * resource.getpagesize()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            self._stop.wait(0.001)
+
+    def __enter__(self):
+        self.baseline = self.peak = self.current()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+    @property
+    def peak_increase(self):
+        return self.peak - self.baseline
 
 
 def main(argv=None):
@@ -148,9 +183,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         dataset = make_dataset(tmp, args.resolution)
-        host = load_host(tmp / "models", args.device)
-        reference = run_reference(host, dataset, args)
-        ours = run_ours(host, dataset, args)
+        # Separate host objects (same cached weights): the reference's peft layers stay in its own copy.
+        reference = run_reference(load_host(tmp / "models", args.device), dataset, args)
+        ours = run_ours(load_host(tmp / "models", args.device), dataset, args)
         memory = {which: child_peak_memory(which, args, dataset, tmp / "models") for which in ("reference", "ours")}
     print(f"embedded tiny SD-1.x model, {args.resolution}px, batch {args.batch_size}, rank {args.rank}, "
           f"{args.steps} steps ({args.warmup} warm-up), device {args.device}")

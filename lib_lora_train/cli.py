@@ -39,6 +39,7 @@ def build_parser():
     demo = commands.add_parser("demo", help="run the pipeline end to end on generated phantom DICOMs")
     demo.add_argument("--patients", type=int, default=3, help="phantom patients to generate (default 3)")
     demo.add_argument("--slices", type=int, default=6, help="slices per patient (default 6)")
+    demo.add_argument("--max-steps", type=int, default=None, help="cap the training steps (default: configs/demo.yaml)")
     return parser
 
 

@@ -13,7 +13,7 @@ def run(args):
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo(home, patients=args.patients, slices=args.slices)
+        return run_demo(home, patients=args.patients, slices=args.slices, max_steps=args.max_steps)
     if args.command == "train":
         return _run_train(args, home)
     return _run_ingest(args, home, captions=args.command == "prepare")

@@ -1,60 +1,118 @@
-"""``demo``: the pipeline end to end on generated phantoms, with a privacy self-check.
+"""``demo``: the whole pipeline on generated phantoms, with a privacy self-check.
 
-Until the training issue lands this runs the ingest part: it generates phantom CT series
-whose headers carry invented personal data in more than 30 attributes, prepares a training
-set from them, and then searches every output byte for every planted value, so the user
-sees for themselves that none got through.
+Phantom CT series whose headers carry invented personal data in more than 30 attributes
+are prepared into a de-identified training set, a LoRA is trained on the embedded tiny
+model (no download, CPU), exported in kohya format, applied from that file to generate a
+preview with and without it, and every output byte is searched for every planted value.
 """
 
 import pathlib
 import shutil
 
-from .config import IngestConfig
+from .config import IngestConfig, load_config
 from .dicom.phantom import PhantomPatient, planted_values, write_phantom_series
 from .dicom.pseudonym import Pseudonymizer, load_or_create_site_key
 
+DEMO_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+PREVIEW_WEIGHT = 0.7
+PREVIEW_SEED = 1234
 
-def run_demo(home, patients=3, slices=6):
+
+def run_demo(home, patients=3, slices=6, max_steps=None):
     """Run the demo inside ``home``; print what happened; return the exit status."""
     from .commands import format_report, progress_bar
-    from .dataset.prepare import prepare_dataset
 
     demo_dir = home.root / "demo"
-    inputs = demo_dir / "phantom_dicoms"
-    shutil.rmtree(inputs, ignore_errors=True)
-    write_phantom_series(inputs, n_patients=patients, slices_per_patient=slices)
-    config = IngestConfig(window="lung", trigger_word="", style_phrase="medical_art style")
-    pseudonymizer = Pseudonymizer(load_or_create_site_key(home.site_key_path))
-    with progress_bar("de-identifying") as progress:
-        result = prepare_dataset([inputs], demo_dir / "dataset", config, pseudonymizer, overwrite=True,
-                                 progress=progress)
-    planted = sorted({v for i in range(patients) for v in planted_values(PhantomPatient(i))})
-    leaks = find_planted_values(result.output_dir, planted)
-    print(f"generated {patients * slices} phantom CT slices of {patients} invented patients in {inputs}")
+    result = _prepare(home, demo_dir, patients, slices, progress_bar)
+    print(f"generated {patients * slices} phantom CT slices of {patients} invented patients")
     print(f"  each carries {len(planted_values(PhantomPatient(0)))} planted identifiers "
           "(names, IDs, dates, UIDs, institution, nested sequences, a private block, an overlay)")
     print(format_report(result.report, result.output_dir))
-    if result.images:
-        print(f"  example caption: {result.images[0].caption}")
-    print(f"  metadata: {result.output_dir / 'metadata.csv'}")
+    if not result.ok:
+        return 1
+    trainer, exported = _train(home, demo_dir, result.output_dir, max_steps)
+    previews = _previews(trainer.host, exported, result.images[0].caption, demo_dir / "previews")
+    planted = sorted({v for i in range(patients) for v in planted_values(PhantomPatient(i))})
+    leaks = find_planted_values(demo_dir, planted, skip=demo_dir / "phantom_dicoms")
+    _print_summary(trainer, exported, previews, result, leaks, planted, demo_dir)
+    return 0 if not leaks else 1
+
+
+def _prepare(home, demo_dir, patients, slices, progress_bar):
+    from .dataset.prepare import prepare_dataset
+
+    inputs = demo_dir / "phantom_dicoms"
+    shutil.rmtree(inputs, ignore_errors=True)
+    write_phantom_series(inputs, n_patients=patients, slices_per_patient=slices)
+    config = IngestConfig(window="lung", resolution=64, style_phrase="medical_art style")
+    pseudonymizer = Pseudonymizer(load_or_create_site_key(home.site_key_path))
+    with progress_bar("de-identifying") as progress:
+        return prepare_dataset([inputs], demo_dir / "dataset", config, pseudonymizer, overwrite=True,
+                               progress=progress)
+
+
+def _train(home, demo_dir, dataset_dir, max_steps):
+    from .commands import training_bar
+    from .trainer.api import LoRATrainer
+
+    overrides = [f"train_data_dir={dataset_dir}", f"output_dir={demo_dir / 'adapter' / 'medical_demo_lora'}",
+                 "purpose=demonstration on invented phantom data"]
+    if max_steps:
+        overrides.append(f"max_steps={max_steps}")
+    trainer = LoRATrainer(load_config(DEMO_CONFIG, overrides), home)
+    trainer.prepare_data()
+    trainer.build_model()
+    with training_bar(trainer.total_steps()) as progress:
+        trainer.train(progress=progress)
+    return trainer, trainer.export_lora_weights()
+
+
+def _previews(host, exported, prompt, folder):
+    """One image without and one with the adapter, loaded back from the exported file."""
+    import numpy as np
+
+    from .hosts.base import fingerprint_modules
+    from .lora.apply import applied_adapter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    before = fingerprint_modules(host.modules_to_fingerprint())
+    without = host.generate(prompt, seed=PREVIEW_SEED)
+    with applied_adapter(host, exported.path, PREVIEW_WEIGHT):
+        with_adapter = host.generate(f"{prompt}", seed=PREVIEW_SEED)
+    if fingerprint_modules(host.modules_to_fingerprint()) != before:
+        raise RuntimeError("applying the adapter for the preview changed the base model")
+    paths = (folder / "without_adapter.png", folder / "with_adapter.png")
+    without.save(paths[0])
+    with_adapter.save(paths[1])
+    difference = float(np.abs(np.asarray(without, dtype=np.float32) - np.asarray(with_adapter, dtype=np.float32)).mean())
+    return paths, difference
+
+
+def _print_summary(trainer, exported, previews, result, leaks, planted, demo_dir):
+    run = trainer.result
+    print(f"trained {exported.name} on the embedded tiny model: {run.steps} steps ({run.stopped}), "
+          f"loss {run.losses[0]['loss']:.4f} -> {run.final_loss:.4f}")
+    print(f"  adapter: {exported.path} ({exported.size_bytes / 1024:.0f} KiB, kohya format, sha256 {exported.sha256[:12]})")
+    print(f"  loss log and curve: {exported.path.parent / 'losses.csv'}, {exported.path.parent / 'loss_curve.png'}")
+    print(f"  previews for '{result.images[0].caption}': {previews[0][0]} (without), {previews[0][1]} "
+          f"(with <lora:{exported.name}:{PREVIEW_WEIGHT}>); mean pixel difference {previews[1]:.1f}")
+    print(f"  base model unchanged: fingerprint {run.base_fingerprint[:16]} before and after")
     print(f"  privacy self-check: {len(leaks)} of {len(planted)} planted values found in "
-          f"{sum(1 for p in result.output_dir.rglob('*') if p.is_file())} output files")
-    for value, path in leaks:
+          f"{sum(1 for p in demo_dir.rglob('*') if p.is_file() and 'phantom_dicoms' not in p.parts)} output files")
+    for _, path in leaks:
         print(f"    LEAK: a planted value was found in {path}")
-    print("next: training on this set arrives with the training issue (python -m lib_lora_train train)")
-    return 0 if result.ok and not leaks else 1
 
 
-def find_planted_values(folder, values):
+def find_planted_values(folder, values, skip=None):
     """Return ``(value, path)`` for every planted value found in any file under ``folder``.
 
     Compared case-insensitively on the raw bytes, in UTF-8 and in the UTF-16 some DICOM
-    character sets use, so a value cannot hide in an encoding.
+    character sets use, so a value cannot hide in an encoding. ``skip`` excludes the inputs.
     """
     needles = [(v, [v.lower().encode("utf-8"), v.lower().encode("utf-16-le")]) for v in values if len(v) >= 4]
     found = []
     for path in sorted(pathlib.Path(folder).rglob("*")):
-        if not path.is_file():
+        if not path.is_file() or (skip is not None and path.is_relative_to(skip)):
             continue
         data = path.read_bytes().lower()
         found += [(value, path) for value, forms in needles if any(form in data for form in forms)]

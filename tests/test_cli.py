@@ -83,12 +83,16 @@ def test_dicom2png_needs_an_output(capsys):
     assert caught.value.code == 2
 
 
-def test_demo_runs_and_proves_no_leak(tmp_path, capsys):
-    status = main(["--home", str(tmp_path / "home"), "demo", "--patients", "2", "--slices", "2"])
+def test_demo_runs_the_whole_pipeline_and_proves_no_leak(tmp_path, capsys):
+    status = main(["--home", str(tmp_path / "home"), "demo", "--patients", "2", "--slices", "2", "--max-steps", "6"])
     out = capsys.readouterr().out
     assert status == 0
     assert "privacy self-check: 0 of" in out
     assert "CT scan of chest, axial slice, lung window, medical_art style" in out
+    assert "trained medical_demo_lora on the embedded tiny model: 6 steps (completed)" in out
+    demo = tmp_path / "home" / "demo"
+    assert (demo / "adapter" / "medical_demo_lora" / "medical_demo_lora.safetensors").is_file()
+    assert (demo / "previews" / "with_adapter.png").is_file() and (demo / "previews" / "without_adapter.png").is_file()
     assert find_needles(out.encode(), _planted(2)) == []
     assert all(path.is_relative_to(tmp_path / "home") for path in (tmp_path / "home").rglob("*"))
 
