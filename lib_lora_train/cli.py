@@ -36,6 +36,9 @@ def build_parser():
                        help="override one config key (YAML value), e.g. --set lora_rank=4; repeatable")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from .registry.commands import add_parsers as add_registry_parsers
+
+    add_registry_parsers(commands)
     demo = commands.add_parser("demo", help="run the pipeline end to end on generated phantom DICOMs")
     demo.add_argument("--patients", type=int, default=3, help="phantom patients to generate (default 3)")
     demo.add_argument("--slices", type=int, default=6, help="slices per patient (default 6)")

@@ -16,26 +16,33 @@ def run(args):
         return run_demo(home, patients=args.patients, slices=args.slices, max_steps=args.max_steps)
     if args.command == "train":
         return _run_train(args, home)
+    if args.command in ("registry", "audit"):
+        from .registry.commands import run as run_registry
+
+        return run_registry(args, home)
     return _run_ingest(args, home, captions=args.command == "prepare")
 
 
 def _run_train(args, home):
     from .config import load_config
+    from .registry.commands import cli_actor
     from .trainer.api import LoRATrainer
+    from .workflow import check_registry_fields, train_and_register
 
     trainer = LoRATrainer(load_config(args.config, args.overrides), home)
+    check_registry_fields(trainer.config)
     trainer.prepare_data()
     trainer.build_model()
     try:
         with training_bar(trainer.total_steps(), disable=args.no_progress) as progress:
-            result = trainer.train(progress=progress)
+            result, exported, record = train_and_register(trainer, actor=cli_actor(), progress=progress)
     except KeyboardInterrupt:
         print("training interrupted; nothing was exported and the base model is unchanged", file=sys.stderr)
         return 130
-    exported = trainer.export_lora_weights()
     summary = {"name": exported.name, "file": str(exported.path), "size_bytes": exported.size_bytes,
                "sha256": exported.sha256, "steps": result.steps, "stopped": result.stopped,
-               "final_loss": result.final_loss, "prompt": f"<lora:{exported.name}:0.7>"}
+               "final_loss": result.final_loss, "prompt": f"<lora:{exported.name}:0.7>",
+               "registry_id": record.id, "expires": record.expires_at}
     if args.json:
         print_json(summary)
     else:
@@ -43,7 +50,7 @@ def _run_train(args, home):
               f"{exported.sha256[:12]})")
         print(f"  {result.steps} steps ({result.stopped}), final loss {result.final_loss:.4f}; "
               f"loss log and curve in {exported.path.parent}")
-        print(f"  use it in a prompt: <lora:{exported.name}:0.7>")
+        print(f"  registered as {record.id} (expires {record.expires_at}); use it in a prompt: <lora:{exported.name}:0.7>")
     return 0
 
 
@@ -74,15 +81,17 @@ class training_bar:
 
 
 def _run_ingest(args, home, captions):
-    from .dataset.prepare import new_dataset_id, prepare_dataset
+    from .dataset.prepare import new_dataset_id
+    from .registry.commands import cli_actor
+    from .workflow import ingest
 
     config = ingest_config_from_args(args)
     pseudonymizer = Pseudonymizer(load_or_create_site_key(home.site_key_path))
     dataset_id = new_dataset_id()
     output = args.output or home.datasets_dir / dataset_id
     with progress_bar("de-identifying", disable=args.no_progress) as progress:
-        result = prepare_dataset(args.input, output, config, pseudonymizer, overwrite=args.overwrite,
-                                 captions=captions, progress=progress, dataset_id=dataset_id)
+        result = ingest(home, args.input, output, config, pseudonymizer, actor=cli_actor(), overwrite=args.overwrite,
+                        captions=captions, progress=progress, dataset_id=dataset_id)
     if args.json:
         print_json(result.report)
     else:

@@ -16,6 +16,11 @@ from .dicom.pseudonym import Pseudonymizer, load_or_create_site_key
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 PREVIEW_WEIGHT = 0.7
 PREVIEW_SEED = 1234
+DEMO_ACTOR = "demo"
+DEMO_ADAPTER = "medical_demo_lora"
+# The registry record the demo files (GDPR Art. 30 fields); nothing here is personal data.
+DEMO_RECORD = ("purpose=demonstration on invented phantom data", "owner=demo user", "department=demo",
+               "legal_basis=not applicable (invented data)", "dpia_reference=not applicable (demo)")
 
 
 def run_demo(home, patients=3, slices=6, max_steps=None):
@@ -30,16 +35,18 @@ def run_demo(home, patients=3, slices=6, max_steps=None):
     print(format_report(result.report, result.output_dir))
     if not result.ok:
         return 1
-    trainer, exported = _train(home, demo_dir, result.output_dir, max_steps)
+    trainer, exported, record = _train(home, demo_dir, result.output_dir, max_steps)
     previews = _previews(trainer.host, exported, result.images[0].caption, demo_dir / "previews")
     planted = sorted({v for i in range(patients) for v in planted_values(PhantomPatient(i))})
-    leaks = find_planted_values(demo_dir, planted, skip=demo_dir / "phantom_dicoms")
-    _print_summary(trainer, exported, previews, result, leaks, planted, demo_dir)
+    leaks = find_planted_values(home.root, planted, skip=demo_dir / "phantom_dicoms")
+    _print_summary(trainer, exported, previews, result, leaks, planted, home.root)
+    print(f"  registry: {record.id} '{record.name}', purpose '{record.purpose}', expires {record.expires_at}; "
+          f"see python -m lib_lora_train --home {home.root} registry list; audit log {home.audit_log_path}")
     return 0 if not leaks else 1
 
 
 def _prepare(home, demo_dir, patients, slices, progress_bar):
-    from .dataset.prepare import prepare_dataset
+    from .workflow import ingest
 
     inputs = demo_dir / "phantom_dicoms"
     shutil.rmtree(inputs, ignore_errors=True)
@@ -47,24 +54,29 @@ def _prepare(home, demo_dir, patients, slices, progress_bar):
     config = IngestConfig(window="lung", resolution=64, style_phrase="medical_art style")
     pseudonymizer = Pseudonymizer(load_or_create_site_key(home.site_key_path))
     with progress_bar("de-identifying") as progress:
-        return prepare_dataset([inputs], demo_dir / "dataset", config, pseudonymizer, overwrite=True,
-                               progress=progress)
+        return ingest(home, [inputs], demo_dir / "dataset", config, pseudonymizer, actor=DEMO_ACTOR,
+                      overwrite=True, progress=progress)
 
 
 def _train(home, demo_dir, dataset_dir, max_steps):
     from .commands import training_bar
+    from .registry import Registry
     from .trainer.api import LoRATrainer
+    from .workflow import train_and_register
 
-    overrides = [f"train_data_dir={dataset_dir}", f"output_dir={demo_dir / 'adapter' / 'medical_demo_lora'}",
-                 "purpose=demonstration on invented phantom data"]
+    with Registry(home) as registry:  # a rerun of the demo replaces its previous adapter
+        for record in registry.list(status="active"):
+            if record.name == DEMO_ADAPTER:
+                registry.delete(record.id, actor=DEMO_ACTOR, reason="demo rerun", delete_training_data=False)
+    overrides = [f"train_data_dir={dataset_dir}", f"output_dir={demo_dir / 'adapter' / DEMO_ADAPTER}", *DEMO_RECORD]
     if max_steps:
         overrides.append(f"max_steps={max_steps}")
     trainer = LoRATrainer(load_config(DEMO_CONFIG, overrides), home)
     trainer.prepare_data()
     trainer.build_model()
     with training_bar(trainer.total_steps()) as progress:
-        trainer.train(progress=progress)
-    return trainer, trainer.export_lora_weights()
+        _, exported, record = train_and_register(trainer, actor=DEMO_ACTOR, progress=progress)
+    return trainer, exported, record
 
 
 def _previews(host, exported, prompt, folder):
@@ -88,7 +100,7 @@ def _previews(host, exported, prompt, folder):
     return paths, difference
 
 
-def _print_summary(trainer, exported, previews, result, leaks, planted, demo_dir):
+def _print_summary(trainer, exported, previews, result, leaks, planted, searched):
     run = trainer.result
     print(f"trained {exported.name} on the embedded tiny model: {run.steps} steps ({run.stopped}), "
           f"loss {run.losses[0]['loss']:.4f} -> {run.final_loss:.4f}")
@@ -98,7 +110,8 @@ def _print_summary(trainer, exported, previews, result, leaks, planted, demo_dir
           f"(with <lora:{exported.name}:{PREVIEW_WEIGHT}>); mean pixel difference {previews[1]:.1f}")
     print(f"  base model unchanged: fingerprint {run.base_fingerprint[:16]} before and after")
     print(f"  privacy self-check: {len(leaks)} of {len(planted)} planted values found in "
-          f"{sum(1 for p in demo_dir.rglob('*') if p.is_file() and 'phantom_dicoms' not in p.parts)} output files")
+          f"{sum(1 for p in searched.rglob('*') if p.is_file() and 'phantom_dicoms' not in p.parts)} files of the "
+          "data home (dataset, adapter, previews, registry, audit log)")
     for _, path in leaks:
         print(f"    LEAK: a planted value was found in {path}")
 

@@ -42,7 +42,7 @@ OUTCOMES = frozenset({"ok", "failed", "refused", "dry_run", "problems"})
 ENTRY_FIELDS = frozenset({"v", "time", "actor", "access_control", "action", "target", "outcome", "details",
                           "prev_hash", "hash"})
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}")
+_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.:+-]{0,127}")  # adapter names may start with _ or -
 _HASH = re.compile(r"[0-9a-f]{8,64}")
 _CODE = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -91,6 +91,11 @@ class ChainReport:
         return {"ok": self.ok, "lines": self.lines, "first_bad_line": self.first_bad_line, "reason": self.reason}
 
 
+def is_audit_id(value):
+    """True when ``value`` may stand in the log as an id (target or id detail)."""
+    return DETAIL_KINDS["id"](value)
+
+
 def canonical_json(payload):
     """The one byte form that is hashed and written: sorted keys, no spaces, UTF-8."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -107,13 +112,14 @@ def check_details(details):
         kind = DETAIL_FIELDS.get(key)
         if kind is None:
             raise ValueError(f"audit detail {key!r} is not allow-listed; allowed: {sorted(DETAIL_FIELDS)}")
-        if kind.endswith("s") and kind[:-1] in DETAIL_KINDS:
-            valid = isinstance(value, list) and all(DETAIL_KINDS[kind[:-1]](item) for item in value)
-        else:
-            valid = DETAIL_KINDS[kind](value)
+        is_list = kind not in DETAIL_KINDS
+        base = kind[:-1] if is_list else kind
+        valid = all(DETAIL_KINDS[base](item) for item in value) if is_list and isinstance(value, list) else \
+            (not is_list and DETAIL_KINDS[base](value))
         if not valid:
-            raise ValueError(f"audit detail {key!r} must be {'a list of ' if kind.endswith('s') else 'a'} "
-                             f"{kind.rstrip('s')} value (ids, hashes, counts, codes, dates only)")
+            expected = f"a list of {base} values" if is_list else f"one {base} value"
+            raise ValueError(f"audit detail {key!r} must be {expected} (details hold ids, hashes, counts, codes "
+                             "and dates only, never free text)")
 
 
 class AuditLog:
@@ -194,7 +200,7 @@ class AuditLog:
             raise ValueError(f"unknown audit action {action!r}; allowed: {sorted(ACTIONS)}")
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown audit outcome {outcome!r}; allowed: {sorted(OUTCOMES)}")
-        if target is not None and not DETAIL_KINDS["id"](target):
+        if target is not None and not is_audit_id(target):
             raise ValueError("audit target must be an id ([A-Za-z0-9_.:+-], at most 128 characters), not free text")
         check_details(details)
         anonymous = actor in (None, "", ANONYMOUS)
@@ -231,7 +237,7 @@ class AuditLog:
             head = self._finish_interrupted(handle, head, size)
             size = os.fstat(handle.fileno()).st_size
         last_hash, ends_cleanly = _last_line_hash(handle, size)
-        if head is not None and head["bytes"] == size and head["hash"] == last_hash:
+        if head is not None and head["bytes"] == size and head["hash"] == (last_hash if size else GENESIS_HASH):
             return {k: head[k] for k in ("lines", "bytes", "hash")}, True, True
         logger.error("the audit log was changed outside medical-lora; the head is kept as it was so that "
                      "'audit verify' keeps reporting where; new entries are still appended")
@@ -244,7 +250,7 @@ class AuditLog:
             logger.warning("audit: removing an incomplete line left by an interrupted append")
             handle.truncate(head["bytes"])
             return head
-        if tail.count(b"\n") == 1 and tail.endswith(b"\n") and _line_problem(tail[:-1], head["hash"]) is None \
+        if tail.count(b"\n") == 1 and tail.endswith(b"\n") and not _line_problem(tail[:-1], head["hash"]) \
                 and json.loads(tail)["hash"] == head["pending"]:
             head = {"lines": head["lines"] + 1, "bytes": size, "hash": head["pending"]}
             write_json_atomic(self.head_path, head)
@@ -271,7 +277,8 @@ def _check_head(head, hashes, fragment):
     last = hashes[-1] if hashes else GENESIS_HASH
     if fragment:
         if head is not None and head.get("pending") and head["lines"] == lines and head["hash"] == last:
-            return ChainReport(lines, None, "an interrupted append left an incomplete last line; the next append removes it")
+            return ChainReport(lines, None, "an interrupted append left an incomplete last line; "
+                                            "the next append removes it")
         return ChainReport(lines, lines + 1, "incomplete last line (no newline): the file was truncated or appended to")
     if head is None:
         if lines == 0:
@@ -336,6 +343,7 @@ def _exclusive_lock(handle, path):
     import msvcrt  # Windows: lock one byte of a separate lock file (the log's own bytes grow)
 
     with open(path.with_name(path.name + ".lock"), "a+b") as lock:
+        lock.seek(0)
         while True:
             try:
                 msvcrt.locking(lock.fileno(), msvcrt.LK_LOCK, 1)

@@ -20,8 +20,9 @@ import logging
 import pathlib
 import secrets
 import sqlite3
+import time
 
-from .errors import RegistryCorruptError
+from .errors import RegistryCorruptError, RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +128,15 @@ def connect(path, timeout=DEFAULT_TIMEOUT_S, migrations=MIGRATIONS):
     """
     path = pathlib.Path(path)
     _check_header(path)
-    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise RegistryError(f"cannot open the registry {path} ({exc}); check that its folder exists and is "
+                            "writable") from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         _check_marker(conn, path, migrations)
-        _enable_wal(conn, path)
+        _enable_wal(conn, timeout)
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         migrate(conn, path, migrations)
@@ -218,9 +223,15 @@ def _check_header(path):
 
 
 def _check_marker(conn, path, migrations):
-    """Refuse a foreign or newer database using reads only (nothing may be written to it)."""
-    app_id, version = _pragma(conn, "application_id"), _pragma(conn, "user_version")
-    tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    """Refuse a foreign or newer database using reads only (nothing may be written to it).
+
+    The reads share one transaction: another process may finish creating the schema between
+    two separate statements.
+    """
+    with _read_snapshot(conn):
+        app_id, version = _pragma(conn, "application_id"), _pragma(conn, "user_version")
+        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        done = applied_migrations(conn)
     if app_id == 0 and tables == 0:
         return  # a new, empty file
     if app_id != APPLICATION_ID:
@@ -234,17 +245,42 @@ def _check_marker(conn, path, migrations):
             f"({len(migrations)}); it was left unchanged. Upgrade medical-lora to use it"
         )
     known = [migration.name for migration in migrations]
-    done = applied_migrations(conn)
     if done != known[:len(done)]:
         unknown = [name for name in done if name not in known]
         raise RegistryCorruptError(
-            f"the registry {path} records migrations this medical-lora does not know ({', '.join(unknown) or 'out of order'}); "
-            "it was left unchanged. Upgrade medical-lora or restore the file from backup"
+            f"the registry {path} records migrations this medical-lora does not know "
+            f"({', '.join(unknown) or 'out of order'}); it was left unchanged. Upgrade medical-lora or restore the "
+            "file from backup"
         )
 
 
-def _enable_wal(conn, path):
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+@contextlib.contextmanager
+def _read_snapshot(conn):
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+def _enable_wal(conn, timeout):
+    """Switch to WAL (a persistent setting). The switch needs an exclusive lock and SQLite may
+    report "database is locked" at once, without waiting, while another process opens the same
+    new file; so it is retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     if str(mode).lower() != "wal":
         # e.g. a network file system without shared memory: still correct, but writers block readers.
         logger.warning("the registry cannot use WAL mode here (journal_mode=%s); concurrent use will be slower", mode)

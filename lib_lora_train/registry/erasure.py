@@ -79,11 +79,17 @@ def plan_dataset_erasure(folder, protected):
 
 
 def merge_plans(stored, fresh):
-    """The stored plan (hashes taken before anything was removed) plus files found since."""
+    """The stored plan (hashes taken before anything was removed) plus files found since.
+
+    A dataset removal in either plan wins: a patient erasure that resumes an interrupted delete
+    which kept the dataset must still remove it.
+    """
     if stored is None:
         return fresh
     known = {entry["path"] for entry in stored["files"]}
     merged = dict(stored)
+    if fresh["dataset"].get("action") == "remove":
+        merged["dataset"] = fresh["dataset"]
     merged["files"] = _unique(stored["files"] + [e for e in fresh["files"] if e["path"] not in known])
     merged["folders"] = list(dict.fromkeys(stored["folders"] + fresh["folders"]))
     return merged
@@ -135,8 +141,9 @@ def confirm_erased(plan):
     if plan["dataset"].get("action") == "remove":
         remaining += ["dataset" for _ in _tree(pathlib.Path(plan["dataset"]["path"]))[0]]
     if remaining:
-        raise ErasureError(f"{len(remaining)} file(s) still present after removal ({', '.join(sorted(set(remaining)))}); "
-                           "the row stays 'deleting'; run the erasure again")
+        roles = ", ".join(sorted(set(remaining)))
+        raise ErasureError(f"{len(remaining)} file(s) still present after removal ({roles}); the row stays "
+                           "'deleting'; run the erasure again")
 
 
 def build_receipt(plan, removals, *, kind, completed_by):

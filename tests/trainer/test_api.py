@@ -2,6 +2,7 @@
 
 import csv
 import json
+import pathlib
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from lib_lora_train.trainer.api import WEIGHTS_FILE, LoRATrainer
 from tests.leakcheck import find_needles
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +143,8 @@ def test_train_command_with_yaml_and_overrides(dataset, tmp_path, capsys):
         "model_config:\n  base_model: embedded\n  lora_rank: 4\n  lora_alpha: 4\n"
         f"train_config:\n  train_data_dir: {dataset}\n  output_dir: {tmp_path / 'out' / 'cli_lora'}\n"
         "  batch_size: 2\n  epochs: 1\n  learning_rate: 1e-4\n  resolution: 64\n"
+        "  purpose: segmentation research\n  owner: Radiology research lead\n  department: Radiology\n"
+        "  legal_basis: GDPR Art. 6(1)(e) and 9(2)(j)\n  dpia_reference: DPIA-2026-014\n"
     )
     status = main(["--home", str(tmp_path / "home"), "train", "--config", str(config_file), "--set", "max_steps=2",
                    "--json", "--no-progress"])
@@ -149,6 +153,17 @@ def test_train_command_with_yaml_and_overrides(dataset, tmp_path, capsys):
     summary = json.loads(captured.out)
     assert summary["name"] == "cli_lora" and summary["steps"] == 2 and summary["prompt"] == "<lora:cli_lora:0.7>"
     assert (tmp_path / "out" / "cli_lora" / "cli_lora.safetensors").is_file()
+    with safe_open(str(tmp_path / "out" / "cli_lora" / "cli_lora.safetensors"), "pt") as handle:
+        assert handle.metadata()["medical_lora.registry_id"] == summary["registry_id"]
+    from lib_lora_train.registry import Registry
+
+    with Registry(resolve_home(tmp_path / "home")) as registry:
+        record = registry.get("cli_lora")
+        assert record.id == summary["registry_id"] and record.purpose == "segmentation research"
+        assert record.num_images == 4 and record.status == "active"
+        actions = [entry["action"] for entry in _audit_entries(tmp_path / "home")]
+        assert actions == ["train_start", "train_finish", "export", "register"]
+        assert registry.audit.verify_chain() is None
     planted = [v for i in range(2) for v in planted_values(PhantomPatient(i))]
     assert find_needles((captured.out + captured.err).encode(), planted) == []
 
@@ -158,3 +173,15 @@ def test_train_command_config_errors_exit_2(tmp_path, capsys):
     config_file.write_text("lora_rnk: 4\n")
     assert main(["train", "--config", str(config_file)]) == 2
     assert "did you mean 'lora_rank'" in capsys.readouterr().err
+
+
+def _audit_entries(home_root):
+    return [json.loads(line) for line in (home_root / "audit.jsonl").read_text().splitlines()]
+
+
+def test_train_command_refuses_to_start_without_the_registry_record(dataset, tmp_path, capsys):
+    status = main(["--home", str(tmp_path / "home"), "train", "--config", str(CONFIGS / "my_lora_config.yaml"),
+                   "--set", f"train_data_dir={dataset}", "--set", "purpose=research", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2 and "owner, department, legal_basis, dpia_reference" in err
+    assert not (tmp_path / "home" / "models").exists()  # failed before loading or training anything
