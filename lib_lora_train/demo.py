@@ -93,7 +93,9 @@ def _previews(host, exported, prompt, folder):
         with_adapter = host.generate(f"{prompt}", seed=PREVIEW_SEED)
     if fingerprint_modules(host.modules_to_fingerprint()) != before:
         raise RuntimeError("applying the adapter for the preview changed the base model")
-    paths = (folder / "without_adapter.png", folder / "with_adapter.png")
+    # The adapter's preview is its sidecar (the WebUI shows NAME.preview.png on the Lora card), so
+    # erasing the adapter erases it too; the base model's image holds no patient data.
+    paths = (folder / "without_adapter.png", exported.path.with_suffix(".preview.png"))
     without.save(paths[0])
     with_adapter.save(paths[1])
     difference = float(np.abs(np.asarray(without, dtype=np.float32) - np.asarray(with_adapter, dtype=np.float32)).mean())

@@ -92,7 +92,9 @@ def test_demo_runs_the_whole_pipeline_and_proves_no_leak(tmp_path, capsys):
     assert "trained medical_demo_lora on the embedded tiny model: 6 steps (completed)" in out
     demo = tmp_path / "home" / "demo"
     assert (demo / "adapter" / "medical_demo_lora" / "medical_demo_lora.safetensors").is_file()
-    assert (demo / "previews" / "with_adapter.png").is_file() and (demo / "previews" / "without_adapter.png").is_file()
+    adapter_dir = demo / "adapter" / "medical_demo_lora"
+    assert (adapter_dir / "medical_demo_lora.preview.png").is_file()
+    assert (demo / "previews" / "without_adapter.png").is_file()
     assert find_needles(out.encode(), _planted(2)) == []
     assert all(path.is_relative_to(tmp_path / "home") for path in (tmp_path / "home").rglob("*"))
 
