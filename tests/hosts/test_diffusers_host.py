@@ -115,20 +115,13 @@ def test_encode_prompts_tracks_gradients_only_for_trainable_text_encoder(tmp_pat
     assert host.encode_prompts(["chest"]).requires_grad
 
 
-def test_predict_shape_and_backward_is_fast(tmp_path):
-    import time
-
+def test_predict_shape_and_gradients_flow(tmp_path):
+    # Speed is measured by bench/train_step.py, never by a timed test.
     host = DiffusersHost.embedded(tmp_path)
     host.unet.conv_out.weight.requires_grad_(True)
     latents = torch.randn(1, 4, 8, 8)
-    conditioning = host.encode_prompts(["chest"])
-    timings = []
-    for _ in range(4):  # best of three after a warm-up: other work on the machine only slows some runs
-        start = time.perf_counter()
-        output = host.predict(latents, torch.tensor([500]), conditioning)
-        output.square().mean().backward()
-        timings.append(time.perf_counter() - start)
-    assert min(timings[1:]) < 1.0
+    output = host.predict(latents, torch.tensor([500]), host.encode_prompts(["chest"]))
+    output.square().mean().backward()
     assert output.shape == latents.shape
     assert host.unet.conv_out.weight.grad is not None
 
