@@ -34,7 +34,7 @@ def _run_train(args, home):
     trainer.prepare_data()
     trainer.build_model()
     try:
-        with training_bar(trainer.total_steps(), disable=args.no_progress) as progress:
+        with progress_bar("training", disable=args.no_progress, training=True) as progress:
             result, exported, record = train_and_register(trainer, actor=cli_actor(), progress=progress)
     except KeyboardInterrupt:
         print("training interrupted; nothing was exported and the base model is unchanged", file=sys.stderr)
@@ -52,32 +52,6 @@ def _run_train(args, home):
               f"loss log and curve in {exported.path.parent}")
         print(f"  registered as {record.id} (expires {record.expires_at}); use it in a prompt: <lora:{exported.name}:0.7>")
     return 0
-
-
-class training_bar:
-    """A tqdm bar for training steps showing loss and speed; a no-op without tqdm or when disabled."""
-
-    def __init__(self, total, disable=False):
-        self.total = total
-        self.disable = disable
-        self._bar = None
-
-    def __enter__(self):
-        if not self.disable:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return None
-            self._bar = tqdm(total=self.total, desc="training", unit="step", file=sys.stderr)
-        return self.update if self._bar is not None else None
-
-    def update(self, progress):
-        self._bar.n = progress.step
-        self._bar.set_postfix(loss=f"{progress.loss:.4f}", epoch=progress.epoch)
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.close()
 
 
 def _run_ingest(args, home, captions):
@@ -100,17 +74,22 @@ def _run_ingest(args, home, captions):
 
 
 class progress_bar:
-    """A tqdm bar driven by ``(done, total)`` callbacks; a no-op without tqdm or when disabled."""
+    """A tqdm bar fed by callbacks; a no-op without tqdm or when disabled.
 
-    def __init__(self, description, disable=False):
+    Used as ``with progress_bar("de-identifying") as update: update(done, total)`` for files,
+    or with ``training=True`` as the trainer's callback, showing step, loss and epoch.
+    """
+
+    def __init__(self, description, disable=False, training=False):
         self.description = description
         self.disable = disable
+        self.training = training
         self._bar = None
 
     def __enter__(self):
-        return self.update
+        return self.update_training if self.training else self.update
 
-    def update(self, done, total):
+    def update(self, done, total, postfix=None):
         if self.disable:
             return
         if self._bar is None:
@@ -119,9 +98,15 @@ class progress_bar:
             except ImportError:
                 self.disable = True
                 return
-            self._bar = tqdm(total=total, desc=self.description, unit="file", file=sys.stderr)
+            unit = "step" if self.training else "file"
+            self._bar = tqdm(total=total, desc=self.description, unit=unit, file=sys.stderr)
         self._bar.n = done
+        if postfix:
+            self._bar.set_postfix(postfix)
         self._bar.refresh()
+
+    def update_training(self, progress):
+        self.update(progress.step, progress.total_steps, {"loss": f"{progress.loss:.4f}", "epoch": progress.epoch})
 
     def __exit__(self, *exc):
         if self._bar is not None:

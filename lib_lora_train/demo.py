@@ -59,7 +59,7 @@ def _prepare(home, demo_dir, patients, slices, progress_bar):
 
 
 def _train(home, demo_dir, dataset_dir, max_steps):
-    from .commands import training_bar
+    from .commands import progress_bar
     from .registry import Registry
     from .trainer.api import LoRATrainer
     from .workflow import train_and_register
@@ -74,7 +74,7 @@ def _train(home, demo_dir, dataset_dir, max_steps):
     trainer = LoRATrainer(load_config(DEMO_CONFIG, overrides), home)
     trainer.prepare_data()
     trainer.build_model()
-    with training_bar(trainer.total_steps()) as progress:
+    with progress_bar("training", training=True) as progress:
         _, exported, record = train_and_register(trainer, actor=DEMO_ACTOR, progress=progress)
     return trainer, exported, record
 

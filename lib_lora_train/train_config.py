@@ -21,6 +21,7 @@ from .config import (
     _reject_unknown,
 )
 from .errors import ConfigError
+from .naming import ADAPTER_NAME_RULE, is_adapter_name
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,7 @@ _TRAIN_REQUIRED_TEXT = ("base_model", "output_dir")
 _TRAIN_OPTIONAL_TEXT = ("train_data_dir", "metadata_path", "resume_from_checkpoint", "sample_prompt")
 _REGISTRY_TEXT = ("purpose", "owner", "department", "legal_basis", "dpia_reference")
 _REGISTRY_TEXT_MAX = 200
-_ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
-_ADAPTER_NAME_RULE = (
-    "1 to 64 letters, digits, '_', '-' or '.', not starting with '.' (no spaces, ':', '<', '>', '/' or '\\')"
-)
+_ADAPTER_NAME_RULE = ADAPTER_NAME_RULE + " (no spaces, ':', '<', '>', '/' or '\\')"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,14 +241,14 @@ class TrainConfig:
             `ConfigError`: when ``name`` is unset and ``output_dir`` ends in an invalid alias.
         """
         if self.name is not None:
-            if not isinstance(self.name, str) or not _ADAPTER_NAME.fullmatch(self.name):
+            if not isinstance(self.name, str) or not is_adapter_name(self.name):
                 raise ConfigError(
                     f"name={self.name!r} is not a valid adapter name (typed as <lora:NAME:1.0> in prompts); "
                     f"use {_ADAPTER_NAME_RULE}"
                 )
             return self.name
         derived = os.path.basename(os.path.normpath(self.output_dir))
-        if not _ADAPTER_NAME.fullmatch(derived):
+        if not is_adapter_name(derived):
             raise ConfigError(
                 f"output_dir ends in {derived!r}, which is not a valid adapter name; rename the folder "
                 f"or set name; use {_ADAPTER_NAME_RULE}"

@@ -23,6 +23,7 @@ import secrets
 
 from .. import __version__
 from ..errors import ExportError
+from ..naming import ADAPTER_NAME_PATTERN
 
 BASE_MODEL_VERSIONS = ("sd_v1", "sd_v2")
 # (ss_base_model_version, v-prediction) -> modelspec.architecture, as kohya's determine_architecture.
@@ -55,7 +56,7 @@ REQUIRED_METADATA_KEYS = frozenset(
     }
 )
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+NAME_PATTERN = ADAPTER_NAME_PATTERN
 REGISTRY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 IDENTIFIER_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
 VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,31}")

@@ -15,11 +15,11 @@ import re
 import secrets
 
 from ..errors import ConfigError
+from ..naming import ADAPTER_NAME_PATTERN
 
 PATIENT_PSEUDONYM = re.compile(r"P[0-9a-f]{32}")
 STUDY_PSEUDONYM = re.compile(r"S[0-9a-f]{32}")
-# The <lora:NAME> alias, as export.metadata.NAME_PATTERN (not imported: that package loads torch).
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+NAME_PATTERN = ADAPTER_NAME_PATTERN
 ADAPTER_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 FINGERPRINT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 TEXT_MAX_CHARS = 200
