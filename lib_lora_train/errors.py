@@ -83,3 +83,7 @@ class ExportError(LoraTrainError, ValueError):
 
 class ModelLoadError(LoraTrainError, RuntimeError):
     """A base model cannot be loaded: missing, damaged, unsupported, or not a base model at all."""
+
+
+class BaseModelChangedError(LoraTrainError, RuntimeError):
+    """The frozen base weights differ after training: a bug; the model must be reloaded."""

@@ -23,16 +23,10 @@ import secrets
 
 from .. import __version__
 from ..errors import ExportError
+from ..hosts.base import MODELSPEC_ARCHITECTURES
 from ..naming import ADAPTER_NAME_PATTERN
 
 BASE_MODEL_VERSIONS = ("sd_v1", "sd_v2")
-# (ss_base_model_version, v-prediction) -> modelspec.architecture, as kohya's determine_architecture.
-MODELSPEC_ARCHITECTURES = {
-    ("sd_v1", False): "stable-diffusion-v1/lora",
-    ("sd_v1", True): "stable-diffusion-v1/lora",
-    ("sd_v2", False): "stable-diffusion-v2-512/lora",
-    ("sd_v2", True): "stable-diffusion-v2-768-v/lora",
-}
 FIXED_METADATA = {
     "ss_network_module": "networks.lora",
     "modelspec.sai_model_spec": "1.0.0",

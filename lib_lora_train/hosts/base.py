@@ -12,6 +12,14 @@ import hashlib
 import typing
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# (ss_base_model_version, v-prediction) -> modelspec.architecture, as kohya's determine_architecture.
+MODELSPEC_ARCHITECTURES = {
+    ("sd_v1", False): "stable-diffusion-v1/lora",
+    ("sd_v1", True): "stable-diffusion-v1/lora",
+    ("sd_v2", False): "stable-diffusion-v2-512/lora",
+    ("sd_v2", True): "stable-diffusion-v2-768-v/lora",
+}
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +53,10 @@ class ModelHost(typing.Protocol):
     """What a trainer needs from a loaded model. The base weights stay frozen.
 
     Attributes:
-        unet (`torch.nn.Module`): the denoiser; LoRA is injected into its modules.
+        unet (`torch.nn.Module`): the denoiser; LoRA is injected into its modules. It also offers
+            ``enable_gradient_checkpointing()`` / ``disable_gradient_checkpointing()``, and the
+            checkpointing must let LoRA weights inside checkpointed blocks receive gradients
+            (non-reentrant), which the WebUI's own reentrant patch does not.
         text_encoder (`torch.nn.Module | None`): for optional text-encoder LoRA.
         device (`torch.device`), dtype (`torch.dtype`): of the frozen weights.
         prediction_type (`str`): one of :data:`PREDICTION_TYPES`.

@@ -21,12 +21,21 @@ from ..fileio import write_json_atomic
 from ..home import resolve_home
 from .data import load_examples
 from .loop import plan_steps, train_lora
-from .precision import resolve_precision
+from .precision import Precision, resolve_precision
 from .report import write_loss_curve, write_loss_log
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+
+
+def host_precision(host):
+    """The precision a host that was loaded elsewhere (the WebUI's checkpoint) dictates.
+
+    Its weights already sit in their dtype on their device; the WebUI's ``apply_model`` runs
+    fp16 autocast on an fp16 UNet, so bf16 mode would skip the loss scaling fp16 needs.
+    """
+    return Precision(device=host.device, mode=getattr(host, "mixed_precision", "no"), weight_dtype=host.dtype)
 
 
 class LoRATrainer:
@@ -56,6 +65,9 @@ class LoRATrainer:
 
     def build_model(self):
         """Load the base model (embedded or a local single file), frozen, unless one was given."""
+        if self.host is not None:
+            self.precision = host_precision(self.host)
+            return self.host
         self.precision = resolve_precision(self.config.device, self.config.mixed_precision)
         if self.host is None:
             from ..hosts.diffusers_host import DiffusersHost

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 
-from ..errors import LoraTrainError
+from ..errors import BaseModelChangedError, ConfigError, LoraTrainError
 from ..hosts.base import fingerprint_modules
 from ..lora.inject import LoraSpec, inject_lora, lora_state_dict, load_lora_state_dict
 from . import checkpoint as checkpoints
@@ -27,10 +27,6 @@ TEXT_ADAPTER = "medical_lora_te"
 
 class TrainingDivergedError(LoraTrainError, FloatingPointError):
     """The loss became NaN or infinite; nothing is exported."""
-
-
-class BaseModelChangedError(LoraTrainError, RuntimeError):
-    """The frozen base weights differ after training: a bug; the model must be reloaded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +145,9 @@ class _Run:
         self.injected.append(inject_lora(self.host.unet, LoraSpec(
             config.lora_rank, config.lora_alpha, config.lora_dropout, tuple(config.target_modules)), UNET_ADAPTER))
         if config.train_text_encoder:
+            if self.host.text_encoder is None:
+                raise ConfigError("train_text_encoder is not available for this model (e.g. SD 2.x inside the "
+                                  "WebUI, whose OpenCLIP encoder is not supported); set train_text_encoder: false")
             self.injected.append(inject_lora(self.host.text_encoder, LoraSpec(
                 config.lora_rank, config.lora_alpha, config.lora_dropout,
                 tuple(config.text_encoder_target_modules)), TEXT_ADAPTER))

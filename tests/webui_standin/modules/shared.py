@@ -1,9 +1,13 @@
-"""Stand-in for WebUI 1.10.1 ``modules/shared.py``: options_templates, options_section, OptionInfo, opts.
+"""Stand-in for WebUI 1.10.1 ``modules/shared.py``: options_templates, options_section, OptionInfo, opts,
+cmd_opts, sd_model, loaded_hypernetworks.
 
 Mirrors ``modules/options.py``: ``OptionInfo(default, label, component, component_args, ...,
 section, category_id)`` and ``options_section(section_identifier, options_dict)``, which sets
-``section`` (and ``category_id`` for a 3-tuple) on each option and returns the dict.
+``section`` (and ``category_id`` for a 3-tuple) on each option and returns the dict;
+``Options.__getattr__`` reads a stored value, else the registered default.
 """
+
+import argparse
 
 
 class OptionInfo:
@@ -31,11 +35,40 @@ def options_section(section_identifier, options_dict):
 
 
 class _Options:
-    """``shared.opts``: stored values in ``data``, defaults from the templates."""
+    """``shared.opts``: stored values in ``data``, defaults from the templates (``options.py::Options``)."""
 
     def __init__(self):
         self.data = {}
 
+    def __getattr__(self, item):
+        data = self.__dict__.get("data", {})
+        if item in data:
+            return data[item]
+        if item in options_templates:
+            return options_templates[item].default
+        raise AttributeError(item)
+
 
 options_templates = {}
+# The built-in options the WebUI host reads (``modules/shared_options.py``), with their defaults.
+options_templates.update(options_section(("training", "Training", "training"), {
+    "training_xattention_optimizations": OptionInfo(False, "Use cross attention optimizations while training"),
+}))
+options_templates.update(options_section(("sd", "Stable Diffusion", "sd"), {
+    "sd_unet": OptionInfo("Automatic", "SD Unet"),
+    "emphasis": OptionInfo("Original", "Emphasis mode"),
+    "CLIP_stop_at_last_layers": OptionInfo(1, "Clip skip"),
+}))
+options_templates.update(options_section(("optimizations", "Optimizations", "sd"), {
+    "cross_attention_optimization": OptionInfo("Automatic", "Cross attention optimization"),
+    "fp8_storage": OptionInfo("Disable", "FP8 weight"),
+}))
 opts = _Options()
+
+# ``modules/shared_cmd_options.py::cmd_opts`` (argparse) as after ``--use-cpu all --no-half``.
+cmd_opts = argparse.Namespace(lowvram=False, medvram=False, medvram_sdxl=False, no_half=True, no_half_vae=True,
+                              use_cpu=["all"], upcast_sampling=False, precision="full", disable_nan_check=False)
+# ``shared.loaded_hypernetworks``: the hypernetworks of the last prompt (``hypernetwork.py::load_hypernetworks``).
+loaded_hypernetworks = []
+# The real one is a property (``shared_items.py::Shared.sd_model``) that loads a checkpoint on first read.
+sd_model = None
