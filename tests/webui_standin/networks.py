@@ -6,20 +6,83 @@ forwards, ``lora_patches.py``) keeps a CPU copy of the original weight and bias 
 (``network_weights_backup``/``network_bias_backup``), restores from it when the wanted set of networks
 changed, adds each network's ``calc_updown`` delta in place and records ``network_current_names``.
 ``MultiheadAttention``, fp16 caches and the functional mode are not modeled.
+
+Also the registries (``available_networks``, ``available_network_aliases``, ``forbidden_network_aliases``,
+``available_network_hash_lookup``, ``networks_in_memory``) and their refresh
+(``process_network_files``, ``update_available_networks_by_names``, ``list_available_networks``),
+with ``NetworkOnDisk`` from ``network.py``. Unlike the real module, importing this one does not call
+``list_available_networks()`` (it would create ``cmd_opts.lora_dir`` in the working directory).
 """
 
+import json
+import os
+
 import torch
-from modules import devices
+from modules import cache, devices, hashes, shared
 
 loaded_networks = []
+available_networks = {}
+available_network_aliases = {}
+loaded_bundle_embeddings = {}
+networks_in_memory = {}
+available_network_hash_lookup = {}
+forbidden_network_aliases = {}
+
+
+def _read_metadata_from_safetensors(filename):
+    """``sd_models.py::read_metadata_from_safetensors``: the header's ``__metadata__``, JSON values decoded."""
+    with open(filename, "rb") as file:
+        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    metadata = {}
+    for key, value in header.get("__metadata__", {}).items():
+        if isinstance(value, str) and value[:1] == "{":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        metadata[key] = value
+    return metadata
+
+
+class NetworkOnDisk:
+    """``network.py::NetworkOnDisk``: metadata cached under ``"lora/" + name``, alias, hash (sd_version omitted)."""
+
+    def __init__(self, name, filename):
+        self.name, self.filename = name, filename
+        self.is_safetensors = os.path.splitext(filename)[1].lower() == ".safetensors"
+        self.metadata = {}
+        if self.is_safetensors:
+            self.metadata = cache.cached_data_for_file("safetensors-metadata", "lora/" + name, filename,
+                                                       lambda: _read_metadata_from_safetensors(filename))
+        self.alias = self.metadata.get("ss_output_name", self.name)
+        self.hash = self.shorthash = None
+        self.set_hash(self.metadata.get("sshs_model_hash")
+                      or hashes.sha256_from_cache(filename, "lora/" + name, use_addnet_hash=self.is_safetensors) or "")
+
+    def set_hash(self, v):
+        self.hash, self.shorthash = v, v[0:12]
+        if self.shorthash:
+            available_network_hash_lookup[self.shorthash] = self
+
+    def read_hash(self):
+        if not self.hash:
+            self.set_hash(hashes.sha256(self.filename, "lora/" + self.name, use_addnet_hash=self.is_safetensors) or "")
 
 
 class Network:
-    """``network.py::Network``: a loaded LoRA; ``modules`` maps ``network_layer_name`` -> delta."""
+    """``network.py::Network``: a loaded LoRA; ``modules`` maps ``network_layer_name`` -> delta.
 
-    def __init__(self, name, modules, te_multiplier=1.0, unet_multiplier=1.0, dyn_dim=None):
+    The real constructor is ``Network(name, network_on_disk)`` and ``load_network`` fills ``modules``
+    and ``mtime``; here both come as arguments.
+    """
+
+    def __init__(self, name, modules, te_multiplier=1.0, unet_multiplier=1.0, dyn_dim=None, network_on_disk=None):
         self.name, self.modules = name, modules
         self.te_multiplier, self.unet_multiplier, self.dyn_dim = te_multiplier, unet_multiplier, dyn_dim
+        self.network_on_disk = network_on_disk
+        self.bundle_embeddings = {}
+        self.mtime = None if network_on_disk is None else os.path.getmtime(network_on_disk.filename)
+        self.mentioned_name = None
 
 
 class NetworkModuleDelta:
@@ -88,3 +151,35 @@ def network_reset_cached_weight(self):
     self.network_current_names = ()
     self.network_weights_backup = None
     self.network_bias_backup = None
+
+
+def process_network_files(names=None):
+    candidates = list(shared.walk_files(shared.cmd_opts.lora_dir, allowed_extensions=[".pt", ".ckpt", ".safetensors"]))
+    candidates += list(shared.walk_files(shared.cmd_opts.lyco_dir_backcompat,
+                                         allowed_extensions=[".pt", ".ckpt", ".safetensors"]))
+    for filename in candidates:
+        if os.path.isdir(filename):
+            continue
+        name = os.path.splitext(os.path.basename(filename))[0]
+        if names and name not in names:
+            continue
+        entry = NetworkOnDisk(name, filename)
+        available_networks[name] = entry
+        if entry.alias in available_network_aliases:
+            forbidden_network_aliases[entry.alias.lower()] = 1
+        available_network_aliases[name] = entry
+        available_network_aliases[entry.alias] = entry
+
+
+def update_available_networks_by_names(names):
+    process_network_files(names)
+
+
+def list_available_networks():
+    available_networks.clear()
+    available_network_aliases.clear()
+    forbidden_network_aliases.clear()
+    available_network_hash_lookup.clear()
+    forbidden_network_aliases.update({"none": 1, "Addams": 1})
+    os.makedirs(shared.cmd_opts.lora_dir, exist_ok=True)
+    process_network_files()

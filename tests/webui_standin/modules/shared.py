@@ -1,5 +1,5 @@
 """Stand-in for WebUI 1.10.1 ``modules/shared.py``: options_templates, options_section, OptionInfo, opts,
-cmd_opts, sd_model, loaded_hypernetworks.
+cmd_opts, config_filename, walk_files, sd_model, loaded_hypernetworks.
 
 Mirrors ``modules/options.py``: ``OptionInfo(default, label, component, component_args, ...,
 section, category_id)`` and ``options_section(section_identifier, options_dict)``, which sets
@@ -8,6 +8,8 @@ section, category_id)`` and ``options_section(section_identifier, options_dict)`
 """
 
 import argparse
+import json
+import os
 
 
 class OptionInfo:
@@ -48,6 +50,11 @@ class _Options:
             return options_templates[item].default
         raise AttributeError(item)
 
+    def save(self, filename):
+        """``options.py::Options.save``: the stored values as JSON (the real one also checks ``--freeze-settings``)."""
+        with open(filename, "w", encoding="utf8") as file:
+            json.dump(self.data, file, indent=4, ensure_ascii=False)
+
 
 options_templates = {}
 # The built-in options the WebUI host reads (``modules/shared_options.py``), with their defaults.
@@ -63,12 +70,39 @@ options_templates.update(options_section(("optimizations", "Optimizations", "sd"
     "cross_attention_optimization": OptionInfo("Automatic", "Cross attention optimization"),
     "fp8_storage": OptionInfo("Disable", "FP8 weight"),
 }))
+options_templates.update(options_section(("saving-images", "Saving images/grids", "saving"), {
+    "samples_format": OptionInfo("png", "File format for images"),
+}))
+options_templates.update(options_section(("extra_networks", "Extra Networks", "sd"), {
+    "list_hidden_files": OptionInfo(True, "Load models/files in hidden directories"),
+}))
 opts = _Options()
 
 # ``modules/shared_cmd_options.py::cmd_opts`` (argparse) as after ``--use-cpu all --no-half``.
 cmd_opts = argparse.Namespace(lowvram=False, medvram=False, medvram_sdxl=False, no_half=True, no_half_vae=True,
-                              use_cpu=["all"], upcast_sampling=False, precision="full", disable_nan_check=False)
+                              use_cpu=["all"], upcast_sampling=False, precision="full", disable_nan_check=False,
+                              # The Lora extension's ``preload.py`` (``--lora-dir``, ``--lyco-dir-backcompat``, defaults
+                              # under ``models/``) and ``shared_cmd_options.py`` (``--no-hashing``,
+                              # ``--ui-settings-file``); tests point them at a temporary folder.
+                              lora_dir=os.path.join("models", "Lora"), lyco_dir_backcompat=os.path.join("models", "LyCORIS"),
+                              no_hashing=False, ui_settings_file="config.json")
+# ``shared.py``: ``config_filename = cmd_opts.ui_settings_file``.
+config_filename = cmd_opts.ui_settings_file
 # ``shared.loaded_hypernetworks``: the hypernetworks of the last prompt (``hypernetwork.py::load_hypernetworks``).
 loaded_hypernetworks = []
 # The real one is a property (``shared_items.py::Shared.sd_model``) that loads a checkpoint on first read.
 sd_model = None
+
+
+def walk_files(path, allowed_extensions=None):
+    """``util.py::walk_files`` (``shared.walk_files``): files under ``path``, recursively, following links."""
+    if not os.path.exists(path):
+        return
+    allowed = None if allowed_extensions is None else set(allowed_extensions)
+    for root, _, files in sorted(os.walk(path, followlinks=True), key=lambda item: item[0]):
+        for filename in sorted(files):
+            if allowed is not None and os.path.splitext(filename)[1].lower() not in allowed:
+                continue
+            if not opts.list_hidden_files and ("/." in root or "\\." in root):
+                continue
+            yield os.path.join(root, filename)
