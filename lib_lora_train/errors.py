@@ -87,3 +87,11 @@ class ModelLoadError(LoraTrainError, RuntimeError):
 
 class BaseModelChangedError(LoraTrainError, RuntimeError):
     """The frozen base weights differ after training: a bug; the model must be reloaded."""
+
+
+class JobBusyError(LoraTrainError, RuntimeError):
+    """The queue is full: too many jobs are already waiting."""
+
+
+class JobNotFoundError(LoraTrainError, LookupError):
+    """No job has this id (it never existed, or it left the bounded history)."""

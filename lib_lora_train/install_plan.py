@@ -377,6 +377,9 @@ def _test_packages():
         _Package("pytest", ">=7", "runs the tests"),
         _Package("pydicom-data", ">=1.0", "public DICOM test corpus"),
         _Package("deid-data", ">=0.0.20", "public DICOM test corpus with burned-in text"),
+        _Package("fastapi", ">=0.94", "REST API tests (the WebUI provides it at run time)"),
+        _Package("python-multipart", ">=0.0.5", "multipart uploads in the REST API tests"),
+        _Package("httpx", ">=0.24", "FastAPI's test client"),
     ]
 
 

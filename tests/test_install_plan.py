@@ -194,11 +194,14 @@ def test_standalone_replaces_out_of_range_package():
 
 def test_standalone_tests_add_corpora_and_require_ocr():
     plan = plan_install({}, (3, 11), "standalone", tests=True)
-    assert requirements(plan)[-4:] == [
+    assert requirements(plan)[-7:] == [
         "rapidocr-onnxruntime>=1.3,<2",
         "pytest>=7",
         "pydicom-data>=1.0",
         "deid-data>=0.0.20",
+        "fastapi>=0.94",
+        "python-multipart>=0.0.5",
+        "httpx>=0.24",
     ]
     assert not any(step.optional for step in plan.steps if step.name in ("rapidocr-onnxruntime", "deid-data"))
 
