@@ -89,6 +89,7 @@ class _Job:
     actor: str
     lock: object
     status: JobStatus
+    after_register: object = None
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished_event: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -113,7 +114,7 @@ class JobManager:
         self._worker = None
         self._running = None
 
-    def submit(self, trainer_factory, *, actor, lock=None):
+    def submit(self, trainer_factory, *, actor, lock=None, after_register=None):
         """Queue a job; returns its id at once.
 
         Args:
@@ -122,6 +123,7 @@ class JobManager:
             actor (`str`): who asked; recorded in the audit log.
             lock (*optional*): context manager held for the whole run (the WebUI's
                 ``modules.call_queue.queue_lock``), so generations and checkpoint switches wait.
+            after_register (*optional*): passed to ``workflow.train_and_register`` (publishing).
 
         Raises:
             JobBusyError: ``max_queued`` jobs are already waiting.
@@ -131,7 +133,7 @@ class JobManager:
                 raise JobBusyError(f"training is busy: {len(self._queue)} job(s) waiting, and at most "
                                    f"{self.max_queued} may wait; wait for one to finish or cancel one")
             job_id = f"job-{secrets.token_hex(6)}"
-            job = _Job(trainer_factory, actor, lock, JobStatus(job_id))
+            job = _Job(trainer_factory, actor, lock, JobStatus(job_id), after_register)
             self._jobs[job_id] = job
             self._queue.append(job)
             self._forget_old()
@@ -213,7 +215,7 @@ class JobManager:
             trainer.prepare_data()
         job.status = dataclasses.replace(job.status, total_steps=trainer.total_steps())
         return train_and_register(trainer, actor=job.actor, progress=lambda p: self._on_progress(job, p),
-                                  cancel_event=job.cancel_event)
+                                  cancel_event=job.cancel_event, after_register=job.after_register)
 
     @staticmethod
     def _on_progress(job, progress):

@@ -31,6 +31,12 @@ HOST_SETTINGS = (
                 WINDOW_MODES + tuple(WINDOW_PRESETS)),
     HostSetting("medical_lora_caption_template", DEFAULT_CAPTION_TEMPLATE,
                 "Caption template; placeholders: " + ", ".join("{" + f + "}" for f in CAPTION_FIELDS)),
+    HostSetting("medical_lora_train_users", "",
+                "Users allowed to train (comma-separated signed-in names; empty: every signed-in user)"),
+    HostSetting("medical_lora_delete_users", "",
+                "Users allowed to delete adapters and forget patients (comma-separated; empty: every signed-in user)"),
+    HostSetting("medical_lora_api_local_without_auth", False,
+                "Allow the /medical-lora/v1 API without --api-auth credentials, from this machine only"),
 )
 
 
@@ -52,3 +58,17 @@ def ingest_config_from_options(options, **overrides):
     }
     values.update(overrides)
     return IngestConfig.from_dict(values)
+
+
+def _setting(key):
+    return next(setting for setting in HOST_SETTINGS if setting.key == key)
+
+
+def user_list(options, key):
+    """A comma-separated user list setting as a tuple of names."""
+    return tuple(name.strip() for name in str(_value(options, _setting(key)) or "").split(",") if name.strip())
+
+
+def api_local_without_auth(options):
+    """Whether the API may answer unauthenticated requests from the local machine."""
+    return bool(_value(options, _setting("medical_lora_api_local_without_auth")))

@@ -49,13 +49,16 @@ def check_registry_fields(config):
         )
 
 
-def train_and_register(trainer, *, actor, progress=None, cancel_event=None):
+def train_and_register(trainer, *, actor, progress=None, cancel_event=None, after_register=None):
     """Train, export and register one adapter, writing train_* / export / register audit entries.
 
     Args:
         trainer (`LoRATrainer`): configured; ``prepare_data`` and ``build_model`` may have run.
         actor (`str`): who asked (``cli:<user>``, the signed-in WebUI user, ``anonymous``).
         progress, cancel_event: passed to the loop.
+        after_register (`Callable[[ExportResult, AdapterRecord], None]`, *optional*): run once the
+            adapter is recorded, e.g. publishing it into the WebUI's Lora folder. If it fails, the
+            adapter stays registered (it can be deleted like any other) and the error propagates.
 
     Returns:
         `tuple[TrainResult, ExportResult | None, AdapterRecord | None]`: export and record are None
@@ -78,6 +81,8 @@ def train_and_register(trainer, *, actor, progress=None, cancel_event=None):
                               details={"adapter_id": adapter_id, "name": exported.name, "sha256": exported.sha256,
                                        "size_bytes": exported.size_bytes})
         record = _register(registry, trainer, exported, result, actor, adapter_id)
+    if after_register is not None:
+        after_register(exported, record)
     return result, exported, record
 
 

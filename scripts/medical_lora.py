@@ -1,7 +1,10 @@
-"""WebUI glue: register medical-lora's settings. Logic lives in ``lib_lora_train``."""
+"""WebUI glue: register medical-lora's settings and mount its API. Logic lives in ``lib_lora_train``."""
+
+import sys
+import types
 
 import gradio as gr
-from modules import shared
+from modules import cache, call_queue, processing, script_callbacks, shared
 
 from lib_lora_train.settings import HOST_SETTINGS, SETTINGS_SECTION
 
@@ -17,3 +20,17 @@ def _option(setting):
 shared.options_templates.update(
     shared.options_section(SETTINGS_SECTION + ("training",), {s.key: _option(s) for s in HOST_SETTINGS})
 )
+
+
+def _on_app_started(demo, app):
+    from modules import scripts
+
+    from lib_lora_train.webui.app import mount_api
+    from lib_lora_train.webui.lora_bridge import find_addnet
+
+    webui = types.SimpleNamespace(shared=shared, call_queue=call_queue, processing=processing, cache=cache,
+                                  networks=sys.modules.get("networks"), addnet=find_addnet(scripts))
+    mount_api(app, webui)
+
+
+script_callbacks.on_app_started(_on_app_started)

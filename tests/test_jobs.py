@@ -50,9 +50,12 @@ class FakeTrainer:
 
 @pytest.fixture(autouse=True)
 def fake_workflow(monkeypatch):
-    def train_and_register(trainer, *, actor, progress=None, cancel_event=None):
+    def train_and_register(trainer, *, actor, progress=None, cancel_event=None, after_register=None):
         trainer.actor = actor
-        return trainer.run(progress, cancel_event)
+        result = trainer.run(progress, cancel_event)
+        if after_register is not None and result[0].stopped != "cancelled":
+            after_register(result[1], result[2])
+        return result
 
     monkeypatch.setattr(workflow, "train_and_register", train_and_register)
 

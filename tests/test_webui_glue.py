@@ -69,3 +69,25 @@ def test_scripts_stay_thin():
     for script in (ROOT / "scripts").glob("*.py"):
         lines = [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]
         assert len(lines) < 60, f"{script.name} holds logic; move it into lib_lora_train"
+
+
+def test_app_start_mounts_the_api_with_webui_credentials(webui, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    shared, _ = webui
+    callbacks = importlib.import_module("modules.script_callbacks")
+    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
+    monkeypatch.setattr(shared.cmd_opts, "api_auth", "dpo:s3cret")
+    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
+    monkeypatch.setitem(shared.opts.data, "medical_lora_delete_users", "dpo")
+    app = FastAPI()
+    callbacks.app_started_callback(None, app)
+    client = TestClient(app)
+    assert client.get("/medical-lora/v1/adapters").status_code == 401
+    assert client.get("/medical-lora/v1/adapters", auth=("dpo", "wrong")).status_code == 401
+    response = client.get("/medical-lora/v1/adapters", auth=("dpo", "s3cret"))
+    assert response.status_code == 200 and response.json() == []
+    assert (tmp_path / "home" / "audit.jsonl").is_file()  # the refusals were audited in the configured home

@@ -83,7 +83,10 @@ def test_missing_registry_fields_fail_before_anything_runs(home, tmp_path):
 
 def test_registered_adapter_erases_with_its_dataset(home, tmp_path):
     result = _dataset(home, tmp_path)
-    _, exported, record = train_and_register(_trainer(home, result.output_dir, tmp_path), actor="alice")
+    published = []
+    _, exported, record = train_and_register(_trainer(home, result.output_dir, tmp_path), actor="alice",
+                                             after_register=lambda e, r: published.append((e.name, r.id)))
+    assert published == [(exported.name, record.id)]
     with Registry(home) as registry:
         receipt = registry.delete(record.name, actor="dpo", reason="study finished")
         assert registry.get(record.id).status == "deleted"

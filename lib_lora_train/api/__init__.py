@@ -148,7 +148,9 @@ class ApiState:
             drops the adapter from its lists).
         ingest_config (`IngestConfig`, *optional*): options for uploads; defaults when None.
         output_root (`pathlib.Path`, *optional*): where adapters are written, one folder per
-            name; the home's ``adapters`` folder when None (the WebUI passes its Lora folder).
+            name; the home's ``adapters`` folder when None.
+        after_register (*optional*): ``(exported, record)`` callback after registration (the
+            WebUI publishes the adapter into its Lora folder there).
     """
 
     home: object
@@ -159,6 +161,7 @@ class ApiState:
     delete_hooks: tuple = ()
     ingest_config: object = None
     output_root: object = None
+    after_register: object = None
 
 
 __all__ = ["ApiAuth", "ApiState", "AuthRefusedError", "parse_credentials"]

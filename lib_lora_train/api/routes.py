@@ -83,7 +83,8 @@ def build_router(app_state):
         body = await _read_json(request, HTTPException)
         try:
             config = _job_config(state, body)
-            job_id = state.jobs.submit(lambda: state.make_trainer(config), actor=user, lock=state.lock)
+            job_id = state.jobs.submit(lambda: state.make_trainer(config), actor=user, lock=state.lock,
+                                       after_register=state.after_register)
         except LoraTrainError as exc:
             raise fail(exc) from None
         return {"job_id": job_id}

@@ -85,7 +85,9 @@ cmd_opts = argparse.Namespace(lowvram=False, medvram=False, medvram_sdxl=False, 
                               # under ``models/``) and ``shared_cmd_options.py`` (``--no-hashing``,
                               # ``--ui-settings-file``); tests point them at a temporary folder.
                               lora_dir=os.path.join("models", "Lora"), lyco_dir_backcompat=os.path.join("models", "LyCORIS"),
-                              no_hashing=False, ui_settings_file="config.json")
+                              no_hashing=False, ui_settings_file="config.json",
+                              # ``cmd_args.py``: ``--api-auth`` "user:password[,user2:password2]" (None when unset).
+                              api_auth=None)
 # ``shared.py``: ``config_filename = cmd_opts.ui_settings_file``.
 config_filename = cmd_opts.ui_settings_file
 # ``shared.loaded_hypernetworks``: the hypernetworks of the last prompt (``hypernetwork.py::load_hypernetworks``).

@@ -1,0 +1,81 @@
+"""Wire the REST API and the training jobs into a running WebUI (called once, at app start).
+
+Adapters are trained into the data home (``adapters/NAME/``) and then published into the
+WebUI's Lora folder as ``NAME.safetensors`` with its card sidecar: training outputs such as
+``pytorch_lora_weights.safetensors`` never land in the Lora folder, where they would show up as
+a second card. Deleting an adapter runs the Lora bridge's forget step first, under the WebUI's
+queue lock, then the registry's erasure.
+"""
+
+import logging
+import pathlib
+
+from ..settings import api_local_without_auth, home_from_options, ingest_config_from_options, user_list
+
+logger = logging.getLogger(__name__)
+
+
+def build_state(webui, jobs=None):
+    """The :class:`ApiState` for this WebUI.
+
+    Args:
+        webui (`WebUIModules`-like): attributes ``shared``, ``call_queue``, ``networks``,
+            ``processing``, ``cache`` (WebUI modules) and ``addnet`` (or None).
+        jobs (`JobManager`, *optional*): share one with the tab; a new one when None.
+
+    Returns:
+        `ApiState`
+    """
+    from ..api import ApiAuth, ApiState, parse_credentials
+    from ..jobs import JobManager
+    from .lora_bridge import webui_delete_hook
+
+    options = webui.shared.opts.data
+    home = home_from_options(options).ensure()
+    lora_dir = pathlib.Path(webui.shared.cmd_opts.lora_dir)
+    auth = ApiAuth(parse_credentials(getattr(webui.shared.cmd_opts, "api_auth", None) or ""),
+                   allow_unauthenticated_local=api_local_without_auth(options),
+                   train_users=user_list(options, "medical_lora_train_users"),
+                   delete_users=user_list(options, "medical_lora_delete_users"))
+    hook = webui_delete_hook(lora_dir, networks_module=webui.networks, shared_module=webui.shared,
+                             processing_module=webui.processing, cache_module=webui.cache, addnet=webui.addnet,
+                             lock=webui.call_queue.queue_lock)
+    return ApiState(home=home, jobs=jobs or JobManager(), make_trainer=lambda config: _trainer(config, home),
+                    auth=auth, lock=webui.call_queue.queue_lock, delete_hooks=(hook,),
+                    ingest_config=ingest_config_from_options(options),
+                    after_register=lambda exported, record: _publish(webui, lora_dir, exported))
+
+
+def _trainer(config, home):
+    """A trainer on the checkpoint the WebUI has loaded (called on the job thread, inside the lock)."""
+    from ..hosts.webui_host import WebUIHost
+    from ..trainer.api import LoRATrainer
+
+    return LoRATrainer(config, home, host=WebUIHost.from_shared())
+
+
+def _publish(webui, lora_dir, exported):
+    from .lora_bridge import publish_adapter
+
+    return publish_adapter(exported, lora_dir, activation_text="", description=_description(exported),
+                           networks_module=webui.networks, addnet=webui.addnet, shared_module=webui.shared)
+
+
+def _description(exported):
+    """Card text from the header's allow-listed facts (the purpose was screened at export).
+
+    Ids are left out: ``lora-YYYYMMDD-...`` reads as a date to the personal-data screen.
+    """
+    metadata = exported.metadata
+    return (f"medical-lora adapter for {metadata.get('medical_lora.purpose', 'an unstated purpose')}; "
+            f"{metadata.get('ss_num_train_images', '?')} images, {metadata.get('ss_max_train_steps', '?')} steps")
+
+
+def mount_api(app, webui, jobs=None):
+    """Add the ``/medical-lora/v1`` routes to the WebUI's FastAPI app; returns the state."""
+    from ..api.routes import build_router
+
+    state = build_state(webui, jobs)
+    app.include_router(build_router(state))
+    logger.info("medical-lora API mounted at /medical-lora/v1")
+    return state
