@@ -25,12 +25,12 @@ shared.options_templates.update(
 def _on_app_started(demo, app):
     from modules import scripts
 
-    from lib_lora_train.webui.app import mount_api
+    from lib_lora_train.webui.app import mount_api, start_maintenance
     from lib_lora_train.webui.lora_bridge import find_addnet
 
     webui = types.SimpleNamespace(shared=shared, call_queue=call_queue, processing=processing, cache=cache,
                                   networks=sys.modules.get("networks"), addnet=find_addnet(scripts))
-    mount_api(app, webui)
+    start_maintenance(mount_api(app, webui))
 
 
 script_callbacks.on_app_started(_on_app_started)

@@ -79,3 +79,28 @@ def mount_api(app, webui, jobs=None):
     app.include_router(build_router(state))
     logger.info("medical-lora API mounted at /medical-lora/v1")
     return state
+
+
+def start_maintenance(state, unused_days=365):
+    """At start-up, in the background: the expiry sweep (which also finishes interrupted
+    erasures) and the registry/disk consistency check. Returns the thread; problems are logged
+    (and shown in the tab once it exists), never raised into the WebUI's start."""
+    import threading
+
+    def run():
+        from ..registry import Registry
+
+        try:
+            with Registry(state.home) as registry:
+                report = registry.expire(unused_days=unused_days, actor="webui:startup", hooks=state.delete_hooks)
+                problems = registry.verify(actor="webui:startup")
+            logger.info("medical-lora start-up: expiry sweep %s; %d consistency problem(s)",
+                        {k: v for k, v in report.items() if isinstance(v, int)}, len(problems))
+            for problem in problems:
+                logger.warning("medical-lora registry: %s %s", problem.kind, problem.detail)
+        except Exception as exc:
+            logger.error("medical-lora start-up maintenance failed (%s)", type(exc).__name__)
+
+    thread = threading.Thread(target=run, name="medical-lora-maintenance", daemon=True)
+    thread.start()
+    return thread
