@@ -199,7 +199,8 @@ class JobManager:
             with job.lock if job.lock is not None else contextlib.nullcontext():
                 result, exported, record = self._train(job)
         except Exception as exc:  # the worker must survive any job failure and report it
-            logger.exception("training job %s failed (%s)", job.status.job_id, type(exc).__name__)
+            # The type only: third-party messages and tracebacks may quote paths or header values.
+            logger.error("training job %s failed (%s)", job.status.job_id, type(exc).__name__)
             self._finish(job, state="failed", error=describe_error(exc))
             return
         if result.stopped == "cancelled":

@@ -41,6 +41,10 @@ def check_registry_fields(config):
     Raises:
         ConfigError: listing every missing key and how to set it.
     """
+    if config.sample_prompt:
+        from .dataset.phi_check import check_caption
+
+        check_caption(config.sample_prompt)
     missing = [key for key in REGISTRY_FIELDS if not (getattr(config, key) or "").strip()]
     if missing:
         raise ConfigError(
@@ -116,12 +120,27 @@ def _register(registry, trainer, exported, result, actor, adapter_id):
     dataset_dir = pathlib.Path(config.train_data_dir)
     manifest = _read_manifest(dataset_dir)
     return registry.register(
-        exported, config_dict=config.to_dict(), dataset_manifest=manifest, dataset_path=dataset_dir,
+        exported, config_dict=config_for_record(config), dataset_manifest=manifest, dataset_path=dataset_dir,
         base_fingerprint=result.base_fingerprint, purpose=config.purpose, owner=config.owner,
         department=config.department, legal_basis=config.legal_basis, dpia_reference=config.dpia_reference,
         data_source=_data_source(manifest, trainer.host.facts), expires=config.expires, actor=actor,
         adapter_id=adapter_id,
     )
+
+
+def config_for_record(config):
+    """The training config as the registry keeps it: hyper-parameters, no paths or free text.
+
+    Folder and file names may carry personal names; the dataset and adapter are referenced by
+    their ids and hashes instead, and the base model by its fingerprint.
+    """
+    from .train_config import PATH_KEYS
+
+    values = config.to_dict()
+    for key in (*PATH_KEYS, "sample_prompt"):
+        values.pop(key, None)
+    values["base_model"] = "embedded" if config.base_model == "embedded" else "single-file checkpoint"
+    return values
 
 
 def _read_manifest(dataset_dir):

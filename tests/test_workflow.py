@@ -93,3 +93,22 @@ def test_registered_adapter_erases_with_its_dataset(home, tmp_path):
         assert registry.audit.verify_chain() is None
     assert not exported.path.exists() and not (tmp_path / "ds").exists()
     assert receipt["audit_hash"] and any(f["role"] == "adapter" for f in receipt["files"])
+
+
+def test_registry_keeps_the_config_without_paths(home, tmp_path):
+    result = _dataset(home, tmp_path)
+    _, _, record = train_and_register(_trainer(home, result.output_dir, tmp_path), actor="alice")
+    with Registry(home) as registry:
+        stored = registry.get(record.id).to_dict()
+    config = stored["config"]
+    assert config["lora_rank"] == 2 and config["base_model"] == "embedded"
+    assert not {"train_data_dir", "output_dir", "metadata_path", "sample_prompt"} & set(config)
+    assert str(tmp_path) not in json.dumps(config)
+
+
+def test_sample_prompt_with_personal_data_is_refused(home, tmp_path):
+    from lib_lora_train.errors import CaptionPHIError
+
+    trainer = _trainer(home, tmp_path, tmp_path, sample_prompt="CT of patient born 12.03.1961")
+    with pytest.raises(CaptionPHIError, match="a date"):
+        train_and_register(trainer, actor="alice")

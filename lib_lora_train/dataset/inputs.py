@@ -93,7 +93,7 @@ def _zip_sources(label, path, max_file_bytes, max_zip_ratio, max_zip_bytes):
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
     except (zipfile.BadZipFile, OSError) as exc:
-        return [InputSource(label, None, InputError(f"{label}: unreadable zip archive ({exc})", code="bad_zip"))]
+        return [InputSource(label, None, InputError(f"{label}: unreadable zip archive ({type(exc).__name__})", code="bad_zip"))]
     declared_total = sum(m.file_size for m in members)
     if declared_total > max_zip_bytes:
         return [InputSource(label, None, InputError(

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import os
+import pathlib
 import secrets
 import stat
 import uuid
@@ -38,17 +39,26 @@ def load_or_create_site_key(path):
     Raises:
         HomeError: the file is unreadable, malformed, or readable by other users.
     """
+    path = pathlib.Path(path)
+    if path.exists():
+        return _read_site_key(path)
+    key = secrets.token_bytes(KEY_BYTES)
+    # Written whole to a private temporary file, then linked into place: os.link fails if the
+    # key appeared meanwhile (another process won the race), and nobody ever sees a partial key.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key.hex() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
     except FileExistsError:
         return _read_site_key(path)
     except OSError as exc:
-        raise HomeError(f"cannot create the site key {path} ({exc.strerror})") from None
-    key = secrets.token_bytes(KEY_BYTES)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key.hex() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+        raise HomeError(f"cannot create the site key in {path.parent} ({exc.strerror})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     logger.info("created a new site key for pseudonyms")
     return key
 

@@ -34,7 +34,7 @@ def applied_adapter(host, path, weight=1.0):
             if any(key.startswith(prefix + "_") for key in tensors):
                 injected.append(_inject_part(host, tensors, prefix, attribute, adapter_name, weight))
         if not injected:
-            raise ExportError(f"{path.name if hasattr(path, 'name') else path} holds no lora_unet or lora_te weights")
+            raise ExportError("the adapter file holds no lora_unet or lora_te weights")
         yield
     finally:
         for handle in reversed(injected):
@@ -54,7 +54,7 @@ def _inject_part(host, tensors, prefix, attribute, adapter_name, weight):
     try:
         load_lora_state_dict(module, {k: v.to(module_dtype(module)) for k, v in state.items()}, adapter_name)
         set_lora_scale(module, float(weight), adapter_name)
-    except Exception:
+    except BaseException:
         handle.remove()
         raise
     return handle

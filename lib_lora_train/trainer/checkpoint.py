@@ -5,6 +5,7 @@ while saving never leaves a checkpoint that looks valid but is not.
 """
 
 import json
+import os
 import pathlib
 import shutil
 
@@ -29,8 +30,17 @@ def save_checkpoint(folder, step, epoch, lora_state, optimizer, scheduler, scale
                 "scaler": scaler.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state()}, partial / "training_state.pt")
     (partial / "progress.json").write_text(json.dumps({"step": step, "epoch": epoch}))
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
+    for item in partial.iterdir():
+        with open(item, "rb") as handle:
+            os.fsync(handle.fileno())
+    if final.exists():  # never a moment without a complete checkpoint of this step
+        stale = folder / f".{final.name}.old"
+        shutil.rmtree(stale, ignore_errors=True)
+        final.rename(stale)
+        partial.rename(final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        partial.rename(final)
     return final
 
 

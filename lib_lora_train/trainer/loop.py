@@ -292,16 +292,23 @@ class _Run:
         return unet_state, text_state
 
     def restore(self):
-        """Remove every LoRA layer and undo every training-mode switch (idempotent)."""
-        if self.checkpointing_enabled:
-            self.host.unet.disable_gradient_checkpointing()
-            self.checkpointing_enabled = False
-        for injected in reversed(self.injected):
-            injected.remove()
-        self.injected.clear()
-        self.host.unet.eval()
-        if self.host.text_encoder is not None:
-            self.host.text_encoder.eval()
+        """Remove every LoRA layer and undo every training-mode switch (idempotent).
+
+        Every step runs even if an earlier one fails (an ExitStack runs them all and re-raises
+        the first error), so one failing undo never leaves an adapter inside the base model.
+        """
+        import contextlib
+
+        with contextlib.ExitStack() as undo:
+            if self.host.text_encoder is not None:
+                undo.callback(self.host.text_encoder.eval)
+            undo.callback(self.host.unet.eval)
+            undo.callback(self.injected.clear)
+            for injected in self.injected:
+                undo.callback(injected.remove)
+            if self.checkpointing_enabled:
+                self.checkpointing_enabled = False
+                undo.callback(self.host.unet.disable_gradient_checkpointing)
 
 
 def _split(state, prefix):

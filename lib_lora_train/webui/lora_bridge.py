@@ -16,7 +16,6 @@ import os
 import pathlib
 import shutil
 
-from ..dataset.phi_check import check_caption
 from ..errors import LoraTrainError
 from ..fileio import atomic_path, write_json_atomic
 from ..naming import ADAPTER_NAME_RULE, is_adapter_name
@@ -65,6 +64,8 @@ def publish_adapter(exported, lora_dir, *, activation_text, preferred_weight=0.7
     name = exported.name
     if not is_adapter_name(name):
         raise PublishError(f"adapter name not usable in <lora:NAME>: use {ADAPTER_NAME_RULE}")
+    from ..dataset.phi_check import check_caption  # lazily: it loads pydicom
+
     check_caption(activation_text)
     check_caption(description)
     if sd_version is not None and sd_version not in SD_VERSIONS:

@@ -71,7 +71,7 @@ RANK = 4
 def read_sd15_unet_shapes():
     """LDM UNet parameter name (without ``model.diffusion_model.``) -> shape, from the shared key list."""
     if not SD15_KEYS.is_file():
-        pytest.skip(f"SD1.5 key list not found at {SD15_KEYS} (set MEDICAL_LORA_SD15_KEYS)")
+        pytest.skip(f"SD1.5 key list not found at {SD15_KEYS}")
     shapes = {}
     for line in SD15_KEYS.read_text().splitlines():
         name, _dtype, shape = line.split()
