@@ -17,6 +17,7 @@ import shutil
 
 from ..errors import ConfigError, InputError, LoraTrainError
 from ..jobs import JobBusyError
+from .uploads import UploadError, stream_files
 from . import AuthRefusedError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ JOB_KEYS = {
 }
 DELETE_REASON = "erasure requested through the API"
 FORGET_REASON = "patient erasure requested through the API"
-CHUNK_BYTES = 1 << 20
 
 
 def build_router(app_state):
@@ -66,16 +66,21 @@ def build_router(app_state):
     @router.post("/datasets")
     async def upload_dataset(request: Request):
         user = authorize(request, "api:datasets", "train")
-        form = await _read_form(request, HTTPException)
+        folder = _upload_folder(state)
         try:
-            uploads = [item for item in form.getlist("files") if hasattr(item, "filename") and hasattr(item, "file")]
-            if not uploads:
+            try:
+                paths = await stream_files(request, folder)
+            except UploadError as exc:
+                raise HTTPException(400, str(exc)) from None
+            except Exception as exc:  # a malformed body makes the parser raise its own types
+                raise HTTPException(400, f"the upload could not be parsed ({type(exc).__name__})") from None
+            if not paths:
                 raise HTTPException(400, "field 'files' must hold at least one uploaded file (multipart/form-data)")
-            return await run_in_threadpool(_ingest_uploads, state, uploads, user)
+            return await run_in_threadpool(_ingest_uploads, state, paths, user)
         except LoraTrainError as exc:
             raise fail(exc) from None
         finally:
-            await form.close()
+            shutil.rmtree(folder, ignore_errors=True)
 
     @router.post("/jobs")
     async def submit_job(request: Request):
@@ -178,44 +183,28 @@ async def _read_json(request, http_error):
     return body
 
 
-async def _read_form(request, http_error):
-    try:
-        return await request.form()
-    except (AssertionError, ValueError, KeyError) as exc:  # no or bad multipart body, or python-multipart missing
-        raise http_error(400, f"the request must be multipart/form-data with field 'files' "
-                              f"({type(exc).__name__})") from None
+def _upload_folder(state):
+    """A fresh private folder for one upload, inside the data home."""
+    folder = state.home.ensure().root / "uploads" / secrets.token_hex(8)
+    folder.mkdir(mode=0o700, parents=True)
+    return folder
 
 
-def _ingest_uploads(state, uploads, user):
-    """Save the uploads under a private folder in the home, ingest them, always delete them.
-
-    Saved names are positions (``0001.upload``): the client's file name may carry a patient
-    name, so it is neither stored nor returned.
-    """
+def _ingest_uploads(state, paths, user):
+    """Ingest the uploaded files (saved under positions, ``0001.upload``; the client's file
+    name may carry a patient name, so it is neither stored nor returned)."""
     from ..config import IngestConfig
     from ..dataset.prepare import new_dataset_id
     from ..dicom.pseudonym import Pseudonymizer, load_or_create_site_key
     from ..workflow import ingest
 
-    home = state.home.ensure()
-    folder = home.root / "uploads" / secrets.token_hex(8)
-    try:
-        folder.mkdir(mode=0o700, parents=True)
-        paths = [_save_upload(upload, folder / f"{n:04d}.upload") for n, upload in enumerate(uploads, start=1)]
-        dataset_id = new_dataset_id()
-        pseudonymizer = Pseudonymizer(load_or_create_site_key(home.site_key_path))
-        result = ingest(home, paths, home.datasets_dir / dataset_id, state.ingest_config or IngestConfig(),
-                        pseudonymizer, actor=user, dataset_id=dataset_id)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    home = state.home
+    dataset_id = new_dataset_id()
+    pseudonymizer = Pseudonymizer(load_or_create_site_key(home.site_key_path))
+    result = ingest(home, paths, home.datasets_dir / dataset_id, state.ingest_config or IngestConfig(),
+                    pseudonymizer, actor=user, dataset_id=dataset_id)
     rejected = [{"file": o.label, "reason": o.message or o.code} for o in result.outcomes if o.status == "rejected"]
     return {"dataset_id": result.dataset_id, "images": len(result.images), "rejected": rejected}
-
-
-def _save_upload(upload, path):
-    with open(path, "xb") as out:
-        shutil.copyfileobj(upload.file, out, CHUNK_BYTES)
-    return path
 
 
 def _job_config(state, body):

@@ -271,3 +271,22 @@ def test_parse_credentials():
 
 def test_train_config_keys_match_the_api():
     assert TrainConfig(lora_rank=2).lora_rank == 2
+
+
+def test_large_uploads_never_touch_the_system_temp_folder(home, host, tmp_path, monkeypatch):
+    import tempfile
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    spooled = []  # Starlette's SpooledTemporaryFile rolls over through tempfile.TemporaryFile (unlinked at once)
+    real_temporary_file = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **k: spooled.append(1) or real_temporary_file(*a, **k))
+    path = write_phantom_series(tmp_path / "big", n_patients=1, slices_per_patient=1, size=1024)[0]
+    assert path.stat().st_size > 2 * 1024 * 1024  # above Starlette's 1 MB in-memory spool limit
+    client = _client(_state(home, host))
+    response = client.post(f"{V1}/datasets", files=[("files", ("x.dcm", path.read_bytes(), "application/dicom"))],
+                           headers=_basic())
+    assert response.status_code == 200 and response.json()["images"] == 1
+    assert list(system_tmp.iterdir()) == [] and spooled == []
+    assert list((home.root / "uploads").iterdir()) == []
