@@ -75,6 +75,7 @@ class FilePipeline:
         self.pseudonymizer = pseudonymizer
         self.captions = captions
         self.detector = detector if detector is not None else burned_in.TextDetector()
+        self.identifiers = None  # union of the accepted files' header values, for the caption-edit screen
 
     def process(self, source, scan):
         """Return ``(FileOutcome, [ImageRecord, ...])``; bad input gives a rejected outcome."""
@@ -105,6 +106,8 @@ class FilePipeline:
         source_key = str(original.get("SOPInstanceUID", "") or scan.sha256)
         images = [self._write_image(frame, deid, identifiers, result, source_key) for frame in frames]
         dicom_file = self._write_dicom(deid, source_key) if self.captions and config.keep_deid_dicom else ""
+        if identifiers is not None:
+            self.identifiers = identifiers if self.identifiers is None else self.identifiers.merged(identifiers)
         return FileOutcome(
             label=label, sha256=scan.sha256, status="accepted", patient=result.patient, study=result.study,
             modality=scan.modality, images=tuple(image.file_name for image in images), dicom_file=dicom_file,

@@ -36,7 +36,8 @@ from .pipeline import FilePipeline, scan_header
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
-DATASET_ITEMS = ("images", "dicom", "metadata.csv", "manifest.json", "report.json")
+SCREEN_FILE = "phi_screen.json"
+DATASET_ITEMS = ("images", "dicom", "metadata.csv", "manifest.json", "report.json", SCREEN_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,10 @@ def prepare_dataset(inputs, output_dir, config, pseudonymizer, *, overwrite=Fals
         (staging / "dicom").mkdir()
     try:
         with pydicom_silenced():
-            outcomes, images = _ingest_all(inputs, staging, config, pseudonymizer, captions, detector, progress)
+            outcomes, images, identifiers = _ingest_all(inputs, staging, config, pseudonymizer, captions, detector,
+                                                        progress)
+        if captions:
+            _write_caption_screen(staging, identifiers, pseudonymizer)
         manifest = build_manifest(dataset_id, config, outcomes, images, captions)
         report = build_report(dataset_id, config, outcomes, images)
         _write_index_files(staging, images, manifest, report, captions)
@@ -145,7 +149,7 @@ def _ingest_all(inputs, staging, config, pseudonymizer, captions, detector, prog
         logger.info("%s: %s%s", outcome.label, outcome.status, f" ({outcome.code})" if outcome.code else "")
         if progress is not None:
             progress(done, len(sources))
-    return outcomes, images
+    return outcomes, images, pipeline.identifiers
 
 
 def _majority_modality(scans):
@@ -171,6 +175,20 @@ def _duplicate_or_mixed(scan, batch_modality, seen_hashes, seen_uids):
             f"{scan.label}: modality {scan.modality or 'unknown'} differs from the batch's {batch_modality}; "
             "prepare one modality per training set", code="mixed_modality"))
     return None
+
+
+def _write_caption_screen(staging, identifiers, pseudonymizer):
+    """Keep what later caption edits are screened against, as keyed hashes only.
+
+    The original headers are gone after ingest; ``phi_screen.json`` holds HMAC digests of the
+    accepted files' identifying values (names, IDs, dates in many formats, ...), never the
+    values, so an edited caption can still be refused for naming any of these patients.
+    """
+    from ..dicom.identifiers import IdentifierIndex
+    from .phi_hashes import hash_index
+
+    hashed = hash_index(identifiers or IdentifierIndex(), pseudonymizer.site_key)
+    write_text_atomic(staging / SCREEN_FILE, hashed.to_json())
 
 
 def _write_index_files(staging, images, manifest, report, captions):

@@ -88,6 +88,11 @@ class Pseudonymizer:
             raise ValueError("the site key must be at least 16 bytes")
         self._key = key
 
+    @property
+    def site_key(self):
+        """The key itself, for keyed indexes that must stay comparable across runs (``phi_hashes``)."""
+        return self._key
+
     def _digest(self, domain, *parts):
         message = domain.encode() + b"\x00" + b"\x00".join(str(p).encode("utf-8") for p in parts)
         return hmac.new(self._key, message, hashlib.sha256).digest()

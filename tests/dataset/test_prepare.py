@@ -88,7 +88,8 @@ def test_layout_metadata_and_pngs(tmp_path, pseudonymizer):
     config = IngestConfig(ocr="off", resolution=128, window="lung", trigger_word="mdlart")
     result = prepare_dataset([tmp_path / "in"], tmp_path / "ds", config, pseudonymizer)
     out = result.output_dir
-    assert sorted(p.name for p in out.iterdir()) == ["dicom", "images", "manifest.json", "metadata.csv", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["dicom", "images", "manifest.json", "metadata.csv",
+                                                      "phi_screen.json", "report.json"]
     rows = (out / "metadata.csv").read_text().splitlines()
     assert rows[0] == "file_name,text" and len(rows) == 5
     assert rows[1].endswith(',"mdlart, CT scan of chest, axial slice, lung window, medical_art style"')
@@ -143,7 +144,8 @@ def test_public_files_rejected_cleanly_without_leaking(name, code, tmp_path, cor
     result = prepare_dataset([path], tmp_path / "ds", IngestConfig(**FAST), pseudonymizer)
     assert not result.ok and [o.code for o in result.outcomes] == [code]
     out = tmp_path / "ds"
-    assert sorted(p.name for p in out.iterdir()) == ["dicom", "images", "manifest.json", "metadata.csv", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["dicom", "images", "manifest.json", "metadata.csv",
+                                                      "phi_screen.json", "report.json"]
     assert list((out / "images").iterdir()) == [] == list((out / "dicom").iterdir())
     assert (out / "metadata.csv").read_text() == "file_name,text\n"
     assert find_needles(_all_output_bytes(tmp_path / "ds") + caplog.text.encode(), needles) == []
@@ -231,3 +233,21 @@ def test_pydicom_value_warnings_never_reach_logs(tmp_path, pseudonymizer, caplog
     assert result.ok
     said = caplog.text + " ".join(str(w.message) for w in recwarn.list)
     assert "QUILLFEATHER" not in said and "MARROWDALE" not in said
+
+
+def test_caption_edits_are_screened_after_the_originals_are_gone(tmp_path, pseudonymizer):
+    from lib_lora_train.dataset.phi_hashes import screen_caption_edit
+    from lib_lora_train.errors import CaptionPHIError
+
+    write_phantom_series(tmp_path / "in", n_patients=2, slices_per_patient=1, size=64)
+    prepare_dataset([tmp_path / "in"], tmp_path / "ds", IngestConfig(**FAST), pseudonymizer)
+    shutil.rmtree(tmp_path / "in")
+    key = pseudonymizer.site_key
+    screen_caption_edit(tmp_path / "ds", "CT scan of chest, axial slice, lung window, medical_art style", key)
+    for planted, kind in ((PhantomPatient(1).family, "name"), (PhantomPatient(0).patient_id, "identifier")):
+        with pytest.raises(CaptionPHIError, match=kind):
+            screen_caption_edit(tmp_path / "ds", f"CT scan of chest {planted.lower()}", key)
+    planted = [v for i in range(2) for v in planted_values(PhantomPatient(i))]
+    assert find_needles((tmp_path / "ds" / "phi_screen.json").read_bytes(), planted) == []
+    with pytest.raises(ValueError):
+        screen_caption_edit(tmp_path / "ds", "CT scan", b"another site key of 32 bytes....")
