@@ -17,7 +17,7 @@ import pathlib
 import shutil
 
 from ..errors import LoraTrainError
-from ..fileio import atomic_path, write_json_atomic
+from ..fileio import write_json_atomic
 from ..naming import ADAPTER_NAME_RULE, is_adapter_name
 
 logger = logging.getLogger(__name__)
@@ -97,11 +97,26 @@ def _refuse_collision(lora_dir, name, sha256):
 
 
 def _copy_verified(source, target, sha256):
-    """Atomic copy (readers never see half a file), checked against the export's hash before the rename."""
-    with atomic_path(target) as tmp:
+    """Copy, check against the export's hash, then link into place.
+
+    ``os.link`` fails if a file of that name appeared after the collision check (another tool
+    saving a model), so nothing is ever overwritten, and readers never see half a file.
+    """
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
         shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         if _sha256(tmp) != sha256:
             raise PublishError("the exported adapter changed since export (sha256 mismatch); export it again")
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            if _sha256(target) != sha256:
+                raise PublishError(f"the WebUI Lora folder already has a different model named {target.stem!r}; "
+                                   "rename the adapter or delete that file first") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _sha256(path):

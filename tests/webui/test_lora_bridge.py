@@ -211,3 +211,26 @@ def test_failing_hook_keeps_row_active(webui, tmp_path):
         with pytest.raises(ErasureError, match="still active"):
             registry.delete("chest", actor="alice", reason="no longer needed", hooks=(hook,))
         assert registry.get("chest").status == "active"
+
+
+def test_a_model_that_appears_during_publishing_is_never_overwritten(tmp_path, monkeypatch):
+    from lib_lora_train.webui import lora_bridge
+
+    source = tmp_path / "src.safetensors"
+    source.write_bytes(b"our adapter bytes")
+    import hashlib
+
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    target = tmp_path / "Lora" / "race.safetensors"
+    target.parent.mkdir()
+    real_copy = lora_bridge.shutil.copyfile
+
+    def copy_then_another_tool_saves(src, dst):
+        real_copy(src, dst)
+        target.write_bytes(b"someone else's model")
+
+    monkeypatch.setattr(lora_bridge.shutil, "copyfile", copy_then_another_tool_saves)
+    with pytest.raises(lora_bridge.PublishError, match="different model"):
+        lora_bridge._copy_verified(source, target, digest)
+    assert target.read_bytes() == b"someone else's model"
+    assert [p.name for p in target.parent.iterdir()] == ["race.safetensors"]
