@@ -5,6 +5,7 @@ never crosses a file system), is flushed and fsynced, then renamed over the targ
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -44,3 +45,12 @@ def write_text_atomic(target, text):
 def write_json_atomic(target, payload):
     """Write ``payload`` as indented, key-sorted JSON to ``target`` atomically."""
     write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def sha256_file(path, chunk_bytes=1 << 20):
+    """SHA-256 hex digest of a file, read in chunks so multi-GB checkpoints never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

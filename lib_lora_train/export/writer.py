@@ -12,12 +12,13 @@ is computed here from the exact tensor bytes written, and verified on the writte
 """
 
 import hashlib
+import os
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save, save_file
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, sha256_file
 from ..errors import ExportError
 from .kohya import KOHYA_ALPHA, check_kohya_state_dict
 from .metadata import validate_metadata
@@ -58,7 +59,7 @@ def save_lora_file(path, tensors, metadata, dtype="fp16"):
         save_file(prepared, str(tmp), metadata=header)
         if hash_file_data(tmp) != header[MODEL_HASH_KEY]:
             raise ExportError("the written tensor bytes differ from the hashed ones; the file was not saved")
-        digest, size = _file_digest(tmp)
+        digest, size = sha256_file(tmp), os.path.getsize(tmp)
     return digest, size
 
 
@@ -116,16 +117,6 @@ def hash_file_data(path):
         for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _file_digest(path):
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def read_lora_file(path):

@@ -7,7 +7,6 @@ that looks complete. On every use the manifest is checked; a folder that fails t
 (edited, truncated, half deleted) is rebuilt instead of trusted.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -15,28 +14,12 @@ import pathlib
 import shutil
 import tempfile
 
+from ..fileio import sha256_file
 from .components import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-_CHUNK = 1 << 20
-
-
-def sha256_file(path):
-    """SHA-256 of a file, read in 1 MiB chunks so multi-GB checkpoints never sit in memory.
-
-    Args:
-        path (`str` or `os.PathLike`): the file.
-
-    Returns:
-        `str`: hex digest.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_verified_manifest(folder, kind):

@@ -22,6 +22,7 @@ import logging
 import os
 import pathlib
 
+from ..fileio import sha256_file
 from .errors import ErasureError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 # Order of removal: the adapter file first (the WebUI stops listing it at once), the manifest last.
 ROLE_ORDER = ("adapter", "copy", "sidecar", "training_output", "checkpoint", "dataset", "dataset_manifest")
-_CHUNK = 1 << 20
 
 
 def plan_adapter_erasure(record, *, dataset_mode, other_users, protected):
@@ -211,11 +211,7 @@ def file_entry(path, role):
     path = pathlib.Path(path)
     digest = size = None
     if path.is_file() and not path.is_symlink():
-        hasher = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(_CHUNK), b""):
-                hasher.update(chunk)
-        digest, size = hasher.hexdigest(), path.stat().st_size
+        digest, size = sha256_file(path), path.stat().st_size
     return {"path": str(path), "role": role, "sha256": digest, "size_bytes": size}
 
 

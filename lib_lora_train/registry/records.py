@@ -15,6 +15,7 @@ import re
 import secrets
 
 from ..errors import ConfigError
+from ..fileio import sha256_file
 from ..naming import ADAPTER_NAME_PATTERN
 
 PATIENT_PSEUDONYM = re.compile(r"P[0-9a-f]{32}")
@@ -169,11 +170,7 @@ def checked_file(path, sha256, size_bytes):
     if path.stat().st_size != size_bytes:
         raise ConfigError(f"the adapter file {path.name} has {path.stat().st_size} bytes, the export reported "
                           f"{size_bytes}; it changed after export. Export it again")
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(chunk)
-    if hasher.hexdigest() != sha256:
+    if sha256_file(path) != sha256:
         raise ConfigError(f"the adapter file {path.name} does not match the exported SHA-256; it changed after "
                           "export. Export it again")
     return path

@@ -9,10 +9,10 @@ may be adapters someone has not registered yet: they are listed for a person to 
 """
 
 import dataclasses
-import hashlib
 import logging
 import pathlib
 
+from ..fileio import sha256_file
 from .errors import RegistryError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _row_problem(record):
     if path.stat().st_size != record.size_bytes:
         return Problem("size_mismatch", record.id, f"the file of {record.name} has {path.stat().st_size} bytes, the "
                        f"registry says {record.size_bytes}; it was replaced or damaged: restore it or delete it")
-    if _sha256(path) != record.sha256:
+    if sha256_file(path) != record.sha256:
         return Problem("hash_mismatch", record.id, f"the file of {record.name} does not match its registered SHA-256; "
                        "it was replaced or damaged: restore it or delete the adapter")
     return None
@@ -111,11 +111,3 @@ def _display(path, home):
         return str(path.resolve().relative_to(home.root.resolve()))
     except ValueError:
         return str(path)
-
-
-def _sha256(path):
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()

@@ -9,7 +9,6 @@ Sources mirrored (AUTOMATIC1111 WebUI v1.10.1 unless noted; A1111_CONTRACT.md se
 
 import contextlib
 import csv
-import hashlib
 import io
 import logging
 import os
@@ -17,7 +16,7 @@ import pathlib
 import shutil
 
 from ..errors import LoraTrainError
-from ..fileio import write_json_atomic
+from ..fileio import sha256_file, write_json_atomic
 from ..naming import ADAPTER_NAME_RULE, is_adapter_name
 
 logger = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ def _refuse_collision(lora_dir, name, sha256):
     """One stem, one network: ``process_network_files`` keys by file stem, the last file found wins."""
     for extension in MODEL_EXTENSIONS:
         existing = lora_dir / f"{name}{extension}"
-        if existing.exists() and (extension != ".safetensors" or _sha256(existing) != sha256):
+        if existing.exists() and (extension != ".safetensors" or sha256_file(existing) != sha256):
             raise PublishError(f"the WebUI Lora folder already has a different model named {name!r}; "
                                "rename the adapter or delete that file first")
 
@@ -107,24 +106,16 @@ def _copy_verified(source, target, sha256):
         shutil.copyfile(source, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        if _sha256(tmp) != sha256:
+        if sha256_file(tmp) != sha256:
             raise PublishError("the exported adapter changed since export (sha256 mismatch); export it again")
         try:
             os.link(tmp, target)
         except FileExistsError:
-            if _sha256(target) != sha256:
+            if sha256_file(target) != sha256:
                 raise PublishError(f"the WebUI Lora folder already has a different model named {target.stem!r}; "
                                    "rename the adapter or delete that file first") from None
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _user_metadata(activation_text, preferred_weight, description, sd_version):
