@@ -63,8 +63,6 @@ def write_png_dataset(folder, resolution, count=8):
 
 
 def load_host(cache, device, dtype="no"):
-    import torch
-
     from lib_lora_train.hosts.diffusers_host import DiffusersHost
 
     return DiffusersHost.embedded(cache, device=device, dtype=_dtypes()[dtype])

@@ -14,7 +14,7 @@ import sys
 from . import __version__
 from .config import IngestConfig, field_help
 from .errors import ConfigError, LoraTrainError
-from .home import HOME_ENV_VAR, resolve_home
+from .home import HOME_ENV_VAR
 
 logger = logging.getLogger(__name__)
 

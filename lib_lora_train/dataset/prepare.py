@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..fileio import write_json_atomic, write_text_atomic
 from ..dicom.read import pydicom_silenced
 from .inputs import expand_inputs
-from .outcomes import FileOutcome, ImageRecord, build_manifest, build_report
+from .outcomes import FileOutcome, build_manifest, build_report
 from .pipeline import FilePipeline, scan_header
 
 logger = logging.getLogger(__name__)

@@ -182,8 +182,6 @@ class _Run:
         return done["step"], done["epoch"]
 
     def _loop(self, data, parameters, optimizer, scheduler, scaler, step, epoch, per_epoch, total):
-        import torch
-
         tracker = _EarlyStopping(self.config.early_stopping_patience, self.config.early_stopping_min_delta)
         clock = time.perf_counter()
         first_step = step

@@ -6,7 +6,6 @@ import pathlib
 import sys
 import types
 
-import pytest
 
 from lib_lora_train.home import resolve_home
 from lib_lora_train.registry import Registry
