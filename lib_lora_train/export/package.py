@@ -5,7 +5,6 @@ diffusers load; ``pytorch_lora_weights.safetensors`` (the seed project's name) i
 the same bytes. Both are written atomically.
 """
 
-import dataclasses
 import pathlib
 import shutil
 
@@ -13,21 +12,10 @@ from ..dataset.phi_check import check_caption
 from ..fileio import atomic_path
 from .kohya import peft_to_kohya
 from .metadata import build_metadata
+from .result import ExportResult
 from .writer import save_lora_file
 
 NOT_STATED = "not stated"
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportResult:
-    """An exported adapter: its alias, main file, copies, content hash, size and header."""
-
-    name: str
-    path: pathlib.Path
-    copies: tuple
-    sha256: str
-    size_bytes: int
-    metadata: dict
 
 
 def kohya_tensors(result, facts, alpha):

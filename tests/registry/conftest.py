@@ -1,6 +1,5 @@
 """Fixtures of the registry tests: a data home, real small kohya safetensors files, dataset folders."""
 
-import dataclasses
 import hashlib
 import json
 import pathlib
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from lib_lora_train.dicom.pseudonym import Pseudonymizer
+from lib_lora_train.export.result import ExportResult
 from lib_lora_train.home import DataHome
 from lib_lora_train.registry import Registry
 
@@ -20,18 +20,6 @@ FACTS = dict(
     department="Radiology", legal_basis="GDPR Art. 6(1)(e), 9(2)(j)", dpia_reference="DPIA-RAD-7",
     data_source="CT chest, radiology PACS export",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Exported:
-    """What ``export.package.ExportResult`` holds (that module imports torch)."""
-
-    name: str
-    path: pathlib.Path
-    copies: tuple
-    sha256: str
-    size_bytes: int
-    metadata: dict
 
 
 def write_adapter(folder, name, seed=0, copies=()):
@@ -54,7 +42,7 @@ def write_adapter(folder, name, seed=0, copies=()):
         shutil.copyfile(path, folder / copy_name)
         copy_paths.append(folder / copy_name)
     data = path.read_bytes()
-    return Exported(name, path, tuple(copy_paths), hashlib.sha256(data).hexdigest(), len(data), metadata)
+    return ExportResult(name, path, tuple(copy_paths), hashlib.sha256(data).hexdigest(), len(data), metadata)
 
 
 def write_training_outputs(exported):
