@@ -9,10 +9,8 @@ import torch
 from safetensors import safe_open
 
 from lib_lora_train.cli import main
-from lib_lora_train.config import IngestConfig, TrainConfig
-from lib_lora_train.dataset.prepare import prepare_dataset
-from lib_lora_train.dicom.phantom import PhantomPatient, planted_values, write_phantom_series
-from lib_lora_train.dicom.pseudonym import Pseudonymizer
+from lib_lora_train.config import TrainConfig
+from lib_lora_train.dicom.phantom import PhantomPatient, planted_values
 from lib_lora_train.errors import LoraTrainError
 from lib_lora_train.hosts.base import fingerprint_modules
 from lib_lora_train.home import resolve_home
@@ -22,15 +20,6 @@ from tests.leakcheck import find_needles
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    write_phantom_series(root / "in", n_patients=2, slices_per_patient=2, size=64)
-    prepare_dataset([root / "in"], root / "ds", IngestConfig(ocr="off", resolution=64, window="lung"),
-                    Pseudonymizer(b"k" * 32))
-    return root / "ds"
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,7 @@ import threading
 import pytest
 import torch
 
-from lib_lora_train.config import IngestConfig, TrainConfig
-from lib_lora_train.dataset.prepare import prepare_dataset
-from lib_lora_train.dicom.phantom import write_phantom_series
-from lib_lora_train.dicom.pseudonym import Pseudonymizer
+from lib_lora_train.config import TrainConfig
 from lib_lora_train.hosts.base import fingerprint_modules
 from lib_lora_train.hosts.diffusers_host import DiffusersHost
 from lib_lora_train.trainer import checkpoint as checkpoints
@@ -26,12 +23,8 @@ def host(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_phantom_series(root / "in", n_patients=2, slices_per_patient=2, size=64)
-    prepare_dataset([root / "in"], root / "ds", IngestConfig(ocr="off", resolution=64, window="lung"),
-                    Pseudonymizer(b"k" * 32))
-    return load_examples(root / "ds")
+def examples(dataset):
+    return load_examples(dataset)
 
 
 def _config(tmp_path, **overrides):
