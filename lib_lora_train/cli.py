@@ -43,6 +43,13 @@ def build_parser():
     demo.add_argument("--patients", type=int, default=3, help="phantom patients to generate (default 3)")
     demo.add_argument("--slices", type=int, default=6, help="slices per patient (default 6)")
     demo.add_argument("--max-steps", type=int, default=None, help="cap the training steps (default: configs/demo.yaml)")
+    ui = commands.add_parser("ui", help="serve the tab and the REST API in a browser (standalone, offline)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=7870, help="port (default 7870)")
+    ui.add_argument("--auth", help="sign-in 'user:password[,user2:password2]', or a file with one per line; "
+                                   "also protects the REST API (HTTP Basic)")
+    ui.add_argument("--base-model", default="embedded",
+                    help="local single-file SD 1.x/2.x checkpoint (.safetensors/.ckpt); default: the embedded tiny model")
     return parser
 
 

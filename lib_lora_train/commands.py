@@ -16,6 +16,11 @@ def run(args):
         return run_demo(home, patients=args.patients, slices=args.slices, max_steps=args.max_steps)
     if args.command == "train":
         return _run_train(args, home)
+    if args.command == "ui":
+        from .ui.standalone import serve
+
+        serve(home, host=args.host, port=args.port, auth=args.auth, base_model=args.base_model)
+        return 0
     if args.command in ("registry", "audit"):
         from .registry.commands import run as run_registry
 

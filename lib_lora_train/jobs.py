@@ -41,6 +41,7 @@ class JobStatus:
         step, total_steps, epoch (`int`): progress of the run.
         loss (`float | None`): loss of the last step.
         eta_seconds (`float | None`): estimated time left.
+        steps_per_second (`float | None`): recent speed.
         adapter (`str | None`): the adapter name, once exported.
         registry_id (`str | None`): the registry id, once registered.
         error (`str | None`): what failed and how to fix it; never a traceback.
@@ -53,6 +54,7 @@ class JobStatus:
     epoch: int = 0
     loss: float | None = None
     eta_seconds: float | None = None
+    steps_per_second: float | None = None
     adapter: str | None = None
     registry_id: str | None = None
     error: str | None = None
@@ -92,6 +94,7 @@ class _Job:
     after_register: object = None
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished_event: threading.Event = dataclasses.field(default_factory=threading.Event)
+    losses: list = dataclasses.field(default_factory=list)
 
 
 class JobManager:
@@ -171,6 +174,10 @@ class JobManager:
         with self._guard:
             return next(reversed(self._jobs.values())).status if self._jobs else None
 
+    def losses(self, job_id):
+        """The loss of every step so far (a copy), for the live loss curve."""
+        return list(self._job(job_id).losses)
+
     def wait(self, job_id, timeout=None):
         """Block until the job is finished (or ``timeout`` seconds pass); returns its status."""
         job = self._job(job_id)
@@ -220,9 +227,11 @@ class JobManager:
 
     @staticmethod
     def _on_progress(job, progress):
+        job.losses.append(float(progress.loss))
         job.status = dataclasses.replace(
             job.status, step=progress.step, total_steps=progress.total_steps, epoch=progress.epoch,
-            loss=float(progress.loss), eta_seconds=float(progress.eta_seconds))
+            loss=float(progress.loss), eta_seconds=float(progress.eta_seconds),
+            steps_per_second=float(progress.steps_per_second))
 
     def _finish(self, job, *, state, **fields):
         job.status = dataclasses.replace(job.status, state=state, **fields)

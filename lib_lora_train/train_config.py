@@ -34,6 +34,7 @@ _TRAIN_CHOICES = {
     "optimizer": ("adamw", "adamw8bit", "auto"),
     "save_dtype": ("fp16", "bf16", "fp32"),
 }
+TRAIN_CHOICES = _TRAIN_CHOICES  # public name for front ends building option forms
 # key: (minimum, maximum or None, may be null)
 _TRAIN_INTS = {
     "resolution": (64, 2048, True),

@@ -140,7 +140,7 @@ def build_router(app_state):
         if not isinstance(patient_id, str) or not patient_id.strip() or set(body) - {"patient_id"}:
             raise HTTPException(400, "the body must be {\"patient_id\": \"<PatientID>\"} with a non-empty string")
         try:
-            return await run_in_threadpool(_forget_patient, state, patient_id.strip(), user)
+            return await run_in_threadpool(forget_patient_by_id, state, patient_id.strip(), user)
         except LoraTrainError as exc:
             raise fail(exc) from None
 
@@ -244,7 +244,8 @@ def _dataset_dir(home, dataset_id):
     return folder
 
 
-def _forget_patient(state, patient_id, user):
+def forget_patient_by_id(state, patient_id, user):
+    """Erase everything made from one patient (the id is hashed at once, never kept); the receipt."""
     from ..dicom.pseudonym import Pseudonymizer, load_or_create_site_key
     from ..registry import Registry, RegistryError
 

@@ -183,6 +183,23 @@ class AuditLog:
             hashes.append(json.loads(raw)["hash"])
         return _check_head(head, hashes, fragment)
 
+    def latest(self, limit=50):
+        """The last ``limit`` entries, newest first (for the tab's audit view)."""
+        if not self.path.exists():
+            return []
+        with _locked(self.path, "rb") as handle:
+            lines = handle.read().split(b"\n")
+        entries = []
+        for raw in reversed(lines):
+            if len(entries) >= limit:
+                break
+            if raw.strip():
+                try:
+                    entries.append(json.loads(raw))
+                except ValueError:
+                    continue  # check_chain reports the damaged line
+        return entries
+
     def verify_chain(self):
         """Return the first bad line number (1-based), or None when the log is intact."""
         return self.check_chain().first_bad_line

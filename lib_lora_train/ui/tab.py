@@ -1,0 +1,475 @@
+"""Lay out the tab and wire it to the handlers; no logic of its own.
+
+Works on gradio 3.41 (WebUI 1.10) and 4.x: only components and arguments both have are used,
+upload values are read as paths or temp-file wrappers, and the page polls a hidden button from
+``javascript/medical_lora.js`` instead of relying on ``every=`` or ``gr.Timer``, so a reloaded
+page re-attaches to a running job in both. Every element id and class starts with ``medlora``.
+"""
+
+import functools
+import logging
+import pathlib
+
+from ..errors import LoraTrainError
+from . import render
+from .context import AccessDeniedError
+
+logger = logging.getLogger(__name__)
+
+EXTENSION_DIR = pathlib.Path(__file__).resolve().parents[2]
+TITLE = "Medical LoRA"
+OPTIONS_PER_ROW = 3
+WINDOW_LABEL = "Window (CT presets apply Hounsfield windows; 'file' uses the file's own)"
+
+
+def _user(request):
+    return getattr(request, "username", None) if request is not None else None
+
+
+def _failure(exc):
+    """A readable message: product errors as they are (written to be shown), others by type only."""
+    if isinstance(exc, (LoraTrainError, AccessDeniedError)):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, (MemoryError,)):
+        return "out of memory: use fewer or smaller images"
+    logger.error("medical-lora tab action failed (%s)", type(exc).__name__)
+    return f"{type(exc).__name__}: the action failed unexpectedly; see the server log"
+
+
+def _guarded(error_outputs):
+    """Turn an exception into ``error_outputs(message_html)`` so the page shows it, never a trace."""
+    def decorate(handler):
+        @functools.wraps(handler)
+        def run(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except Exception as exc:  # every failure must reach the user as a message
+                return error_outputs(render.message(_failure(exc), "error"))
+        return run
+    return decorate
+
+
+def build_tab(context):
+    """The tab's ``gr.Blocks`` (the WebUI renders it inside its own page).
+
+    Args:
+        context (`UiContext`): the host's handlers, lock and access control.
+    """
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False, elem_id="medlora_root") as blocks:
+        gr.HTML(render.notices(context.current_notices()), elem_id="medlora_notices")
+        with gr.Tabs(elem_id="medlora_tabs"):
+            with gr.Tab("Train", elem_id="medlora_tab_train"):
+                data = _data_section(gr, context)
+                captions = _captions_section(gr)
+                record = _record_section(gr)
+                train = _train_section(gr, context)
+                result = _result_section(gr, context)
+            with gr.Tab("Adapters", elem_id="medlora_tab_adapters"):
+                adapters = _adapters_section(gr)
+            with gr.Tab("Audit", elem_id="medlora_tab_audit"):
+                audit = _audit_section(gr)
+            if context.generate is not None and context.host_name == "standalone":
+                with gr.Tab("Generate", elem_id="medlora_tab_generate"):
+                    generate = _generate_section(gr)
+                _wire_generate(context, generate)
+        _wire_data(gr, context, data, captions, train)
+        _wire_captions(context, data, captions)
+        _wire_train(gr, context, data, record, train, result)
+        _wire_result(context, result)
+        _wire_adapters(context, adapters)
+        _wire_audit(context, audit)
+    return blocks
+
+
+def build_app(context):
+    """The standalone page: the tab as the root, with the extension's CSS and JavaScript."""
+    import gradio as gr
+
+    css = (EXTENSION_DIR / "style.css").read_text(encoding="utf-8")
+    script = (EXTENSION_DIR / "javascript" / "medical_lora.js").read_text(encoding="utf-8")
+    tab = build_tab(context)
+    with gr.Blocks(analytics_enabled=False, css=css, title=TITLE) as app:
+        gr.Markdown(f"# {TITLE}\nDe-identify DICOM images, train a LoRA adapter, register it, erase it.")
+        tab.render()
+        _load_script(gr, app, "() => {\n" + script + "\n}")
+    return app
+
+
+def _load_script(gr, app, function_text):
+    if gr.__version__.startswith("3."):
+        app.load(None, None, None, _js=function_text)
+    else:
+        app.load(None, None, None, js=function_text)
+
+
+def _choices():
+    from ..config import WINDOW_CHOICES
+
+    return list(WINDOW_CHOICES)
+
+
+class _Section(dict):
+    """Components of one section by name (attribute access for readability)."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _data_section(gr, context):
+    from ..config import IngestConfig
+
+    defaults = context.state.ingest_config or IngestConfig()
+    s = _Section()
+    gr.Markdown("### 1. Data", elem_classes=["medlora-step"])
+    with gr.Row():
+        s["files"] = gr.File(label="DICOM files or .zip archives (extensionless files are fine)",
+                             file_count="multiple", elem_id="medlora_files")
+        s["folder"] = gr.File(label="or a folder of DICOM files", file_count="directory", elem_id="medlora_folder")
+    with gr.Row():
+        s["window"] = gr.Dropdown(_choices(), value=defaults.window, label=WINDOW_LABEL, elem_id="medlora_window")
+        s["trigger"] = gr.Textbox(value=defaults.trigger_word, label="Trigger word (starts every caption)",
+                                  elem_id="medlora_trigger")
+        s["style"] = gr.Textbox(value=defaults.style_phrase, label="Style phrase (ends every caption)",
+                                elem_id="medlora_style")
+    with gr.Row():
+        s["prepare"] = gr.Button("De-identify and prepare", variant="primary", elem_id="medlora_prepare")
+        s["rerender"] = gr.Button("Apply window / trigger / style again", elem_id="medlora_rerender")
+        s["discard"] = gr.Button("Discard uploads", elem_id="medlora_discard")
+    s["message"] = gr.HTML("", elem_id="medlora_data_message")
+    s["summary"] = gr.HTML("", elem_id="medlora_summary")
+    s["gallery"] = gr.HTML(render.gallery([]), elem_id="medlora_gallery")
+    s["upload_id"] = gr.State("")
+    s["dataset_id"] = gr.State("")
+    return s
+
+
+def _captions_section(gr):
+    s = _Section()
+    gr.Markdown("### 2. Captions", elem_classes=["medlora-step"])
+    s["table"] = gr.Dataframe(headers=["image", "caption"], datatype=["str", "str"], type="array",
+                              col_count=(2, "fixed"), interactive=True, label="Captions (edit, then save)",
+                              elem_id="medlora_captions")
+    s["save"] = gr.Button("Save captions", elem_id="medlora_save_captions")
+    s["message"] = gr.HTML("", elem_id="medlora_caption_message")
+    return s
+
+
+def _record_section(gr):
+    from .training import default_expiry
+
+    s = _Section()
+    gr.Markdown("### 3. Purpose and ownership (recorded in the registry)", elem_classes=["medlora-step"])
+    with gr.Row():
+        s["name"] = gr.Textbox(label="Adapter name (used as <lora:NAME:0.7>)", elem_id="medlora_name")
+        s["purpose"] = gr.Textbox(label="Purpose", elem_id="medlora_purpose")
+        s["department"] = gr.Textbox(label="Department", elem_id="medlora_department")
+    with gr.Row():
+        s["owner"] = gr.Textbox(label="Responsible person or role", elem_id="medlora_owner")
+        s["legal_basis"] = gr.Textbox(label="Legal basis", value="GDPR Art. 6(1)(e), 9(2)(j)",
+                                      elem_id="medlora_legal_basis")
+        s["dpia_reference"] = gr.Textbox(label="DPIA reference", elem_id="medlora_dpia")
+        s["expires"] = gr.Textbox(label="Expires (YYYY-MM-DD)", value=default_expiry(), elem_id="medlora_expires")
+    return s
+
+
+def _option_component(gr, field):
+    common = {"label": field.label, "info": field.help[:160], "elem_id": f"medlora_opt_{field.key}"}
+    if field.kind == "choice":
+        return gr.Dropdown(list(field.choices), value=field.default, **common)
+    if field.kind == "bool":
+        return gr.Checkbox(value=bool(field.default), **common)
+    if field.kind in ("int", "float") and not field.optional:
+        return gr.Number(value=field.default, precision=0 if field.kind == "int" else None, **common)
+    placeholder = "empty: not set" if field.optional else None
+    return gr.Textbox(value="" if field.default is None else str(field.default), placeholder=placeholder, **common)
+
+
+def _train_section(gr, context):
+    from .training import PRESETS, option_fields
+
+    s = _Section()
+    gr.Markdown("### 4. Train", elem_classes=["medlora-step"])
+    s["preset"] = gr.Radio([(p.label, key) for key, p in PRESETS.items()] if _tuple_choices(gr) else list(PRESETS),
+                           value="standard", label="Preset (scaled to the number of images)",
+                           elem_id="medlora_preset")
+    s["fields"] = option_fields()
+    with gr.Accordion("Advanced: every trainer option", open=False, elem_id="medlora_advanced"):
+        s["options"] = []
+        for start in range(0, len(s["fields"]), OPTIONS_PER_ROW):
+            with gr.Row():
+                s["options"] += [_option_component(gr, field) for field in s["fields"][start:start + OPTIONS_PER_ROW]]
+    with gr.Row():
+        s["start"] = gr.Button("Start training", variant="primary", elem_id="medlora_start",
+                               interactive=context.training_refused is None)
+        s["cancel"] = gr.Button("Cancel", variant="stop", elem_id="medlora_cancel")
+    if context.training_refused:
+        gr.HTML(render.message(context.training_refused, "error"))
+    s["message"] = gr.HTML("", elem_id="medlora_train_message")
+    s["progress"] = gr.HTML(render.progress(None), elem_id="medlora_progress")
+    s["loss"] = gr.HTML(render.loss_curve([]), elem_id="medlora_loss")
+    s["poll"] = gr.Button("Refresh progress", elem_id="medlora_poll", elem_classes=["medlora-hidden"])
+    s["job_id"] = gr.State("")
+    return s
+
+
+def _tuple_choices(gr):
+    """(label, value) choices exist from gradio 3.40 on; older ones take values only."""
+    major, minor = (int(part) for part in gr.__version__.split(".")[:2])
+    return (major, minor) >= (3, 40)
+
+
+def _result_section(gr, context):
+    s = _Section()
+    gr.Markdown("### 5. Result", elem_classes=["medlora-step"])
+    s["result"] = gr.HTML("", elem_id="medlora_result")
+    s["adapter"] = gr.State("")
+    if context.generate is not None:
+        with gr.Row():
+            s["prompt"] = gr.Textbox(label="Preview prompt (no personal data)", elem_id="medlora_preview_prompt")
+            s["preview"] = gr.Button("Before / after preview", elem_id="medlora_preview_button")
+        s["previews"] = gr.HTML("", elem_id="medlora_previews")
+    return s
+
+
+def _adapters_section(gr):
+    s = _Section()
+    s["refresh"] = gr.Button("Refresh list", elem_id="medlora_adapters_refresh")
+    s["table"] = gr.HTML("", elem_id="medlora_adapters")
+    s["delete_name"] = gr.Textbox(label="Adapter to delete", elem_id="medlora_delete_name",
+                                  elem_classes=["medlora-hidden"])
+    s["delete"] = gr.Button("Delete adapter", elem_id="medlora_delete_button", elem_classes=["medlora-hidden"])
+    s["message"] = gr.HTML("", elem_id="medlora_delete_message")
+    gr.Markdown("#### Forget a patient\nErases every adapter and dataset made from this patient's images. The id "
+                "is turned into its keyed pseudonym at once; it is never stored or logged.")
+    with gr.Row():
+        s["patient"] = gr.Textbox(label="Patient ID (DICOM PatientID)", type="password", elem_id="medlora_patient")
+        s["forget"] = gr.Button("Forget this patient", variant="stop", elem_id="medlora_forget")
+    s["receipt"] = gr.HTML("", elem_id="medlora_receipt")
+    return s
+
+
+def _audit_section(gr):
+    s = _Section()
+    s["refresh"] = gr.Button("Refresh and verify the audit log", elem_id="medlora_audit_refresh")
+    s["view"] = gr.HTML("", elem_id="medlora_audit")
+    return s
+
+
+def _generate_section(gr):
+    s = _Section()
+    with gr.Row():
+        s["prompt"] = gr.Textbox(label="Prompt (add <lora:NAME:0.7> to apply an adapter)", elem_id="medlora_gen_prompt")
+        s["seed"] = gr.Number(value=1234, precision=0, label="Seed", elem_id="medlora_gen_seed")
+    s["button"] = gr.Button("Generate", variant="primary", elem_id="medlora_gen_button")
+    s["image"] = gr.HTML("", elem_id="medlora_gen_image")
+    return s
+
+
+def _wire_data(gr, context, data, captions, train):
+    from .datasets import discard_uploads, prepare_uploads, take_uploads, thumbnails
+    from .training import preset_values
+
+    option_keys = [field.key for field in train.fields]
+    preset_targets = [train.options[option_keys.index(key)] for key in ("lora_rank", "lora_alpha", "learning_rate",
+                                                                          "max_steps", "snr_gamma")]
+    outputs = [data.message, data.summary, data.gallery, captions.table, data.upload_id, data.dataset_id]
+
+    def shown(view, note):
+        rows = view.rows
+        return (render.message(note, "ok"), render.dataset_summary(view.report),
+                render.gallery(thumbnails(context.home, view.dataset_id), dict(rows)), rows, view.upload_id,
+                view.dataset_id)
+
+    def keep(message_html):
+        return (message_html, gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+
+    @_guarded(keep)
+    def prepare(files, folder, window, trigger, style, request: gr.Request):
+        actor = context.check_allowed(_user(request), "train")
+        upload_id = take_uploads(context.home, list(files or []) + list(folder or []))
+        view = prepare_uploads(context.home, upload_id, _ingest_config(context, window, trigger, style), actor=actor)
+        return shown(view, f"{view.images} de-identified images prepared (dataset {view.dataset_id}).")
+
+    @_guarded(keep)
+    def rerender(upload_id, dataset_id, window, trigger, style, request: gr.Request):
+        actor = context.check_allowed(_user(request), "train")
+        view = prepare_uploads(context.home, upload_id, _ingest_config(context, window, trigger, style), actor=actor,
+                               dataset_id=dataset_id or None)
+        return shown(view, f"Prepared again with window '{window}'; captions were regenerated.")
+
+    @_guarded(keep)
+    def discard(upload_id):
+        if upload_id:
+            discard_uploads(context.home, upload_id)
+        return (render.message("The uploaded files were erased from the data home.", "ok"), gr.update(), gr.update(),
+                gr.update(), "", gr.update())
+
+    def scaled(preset, rows):
+        values = preset_values(preset, len(rows or []))
+        return ["" if values[key] is None else values[key]
+                for key in ("lora_rank", "lora_alpha", "learning_rate", "max_steps", "snr_gamma")]
+
+    inputs = [data.files, data.folder, data.window, data.trigger, data.style]
+    data.prepare.click(prepare, inputs, outputs).then(
+        lambda: (gr.update(value=None), gr.update(value=None)), None, [data.files, data.folder]).then(
+        scaled, [train.preset, captions.table], preset_targets)
+    data.rerender.click(rerender, [data.upload_id, data.dataset_id, data.window, data.trigger, data.style], outputs)
+    data.discard.click(discard, [data.upload_id], outputs)
+    train.preset.change(scaled, [train.preset, captions.table], preset_targets)
+
+
+def _ingest_config(context, window, trigger, style):
+    from ..config import IngestConfig
+
+    base = context.state.ingest_config or IngestConfig()
+    return IngestConfig.from_dict(dict(base.to_dict(), window=window or base.window,
+                                       trigger_word=(trigger or "").strip(), style_phrase=(style or "").strip()))
+
+
+def _wire_captions(context, data, captions):
+    import gradio as gr
+
+    from .datasets import save_captions
+
+    def keep(message_html):
+        return gr.update(), message_html
+
+    @_guarded(keep)
+    def save(dataset_id, rows, request: gr.Request):
+        actor = context.check_allowed(_user(request), "train")
+        outcome = save_captions(context.home, dataset_id, rows, actor=actor)
+        if outcome.refused:
+            refusals = "; ".join(f"row {number}: it contains {kind}" for number, kind in outcome.refused)
+            note = render.message(f"Refused (the previous caption was kept): {refusals}. "
+                                  f"{outcome.changed} other caption(s) saved.", "error")
+        else:
+            note = render.message(f"{outcome.changed} caption(s) saved.", "ok")
+        return outcome.rows, note
+
+    captions.save.click(save, [data.dataset_id, captions.table], [captions.table, captions.message])
+
+
+def _wire_train(gr, context, data, record, train, result):
+    from .training import RECORD_KEYS, build_config, cancel_job, job_view, start_training
+
+    record_inputs = [record[key] for key in RECORD_KEYS]
+    poll_outputs = [train.progress, train.loss, result.result, result.adapter]
+
+    def polled(job_id):
+        view = job_view(context, job_id or None)
+        name = view.adapter.name if view.adapter is not None else ""
+        return render.progress(view.status), render.loss_curve(view.losses), render.result(view), name
+
+    @_guarded(lambda html: (html, gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()))
+    def start(values, request: gr.Request):
+        records = {key: values[record[key]] for key in RECORD_KEYS}
+        options = {field.key: values[component] for field, component in zip(train.fields, train.options)}
+        context.check_allowed(_user(request), "train")
+        config = build_config(context, values[data.dataset_id], records, options)
+        job_id = start_training(context, config, user=_user(request), upload_id=values[data.upload_id])
+        return (render.message(f"Training job {job_id} started for {config.name}.", "ok"), job_id, "",
+                *polled(job_id)[:2], "", "")
+
+    @_guarded(lambda html: html)
+    def cancel(job_id, request: gr.Request):
+        status = cancel_job(context, job_id or None, user=_user(request))
+        return render.message(f"Cancel requested for {status.job_id} (stops within one step).", "info")
+
+    train.start.click(start, {data.dataset_id, data.upload_id, *record_inputs, *train.options},
+                      [train.message, train.job_id, data.upload_id, train.progress, train.loss, result.result,
+                       result.adapter])
+    train.cancel.click(cancel, [train.job_id], [train.message])
+    train.poll.click(_guarded(lambda html: (html, gr.update(), gr.update(), gr.update()))(polled), [train.job_id],
+                     poll_outputs)
+
+
+def _wire_result(context, result):
+    import gradio as gr
+
+    from .training import before_after
+
+    if context.generate is None:
+        return
+
+    @_guarded(lambda html: html)
+    def preview(adapter, prompt, request: gr.Request):
+        if not adapter:
+            return render.message("Train an adapter first; the preview compares images without and with it.", "info")
+        without, with_adapter = before_after(context, adapter, prompt or "a ct scan")
+        return _image_pair(without, with_adapter, adapter)
+
+    result.preview.click(preview, [result.adapter, result.prompt], [result.previews])
+
+
+def _image_pair(without, with_adapter, adapter):
+    from ..dataset.images import png_bytes
+    import base64
+    import html
+
+    def tile(image, label):
+        uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+        return f'<figure class="medlora-tile"><img src="{uri}" alt="{html.escape(label)}"><figcaption>' \
+               f"{html.escape(label)}</figcaption></figure>"
+
+    return ('<div class="medlora-gallery medlora-previews">' + tile(without, "without the adapter") +
+            tile(with_adapter, f"with <lora:{adapter}:0.7>") + "</div>")
+
+
+def _wire_adapters(context, adapters):
+    import gradio as gr
+
+    from .adapters import adapter_rows, delete_adapter, forget_patient
+
+    def table():
+        return render.adapters_table(adapter_rows(context.home))
+
+    @_guarded(lambda html: (gr.update(), html, gr.update()))
+    def delete(name, request: gr.Request):
+        receipt = delete_adapter(context, name, user=_user(request))
+        note = render.message(f"Adapter {name} was erased (file, sidecars, lists, caches, training data).", "ok")
+        return table(), note, render.receipt(receipt)
+
+    @_guarded(lambda html: (gr.update(), html, ""))
+    def forget(patient_id, request: gr.Request):
+        receipt = forget_patient(context, patient_id, user=_user(request))
+        count = len(receipt.get("adapters", []))
+        note = render.message(f"Patient forgotten: {count} adapter(s) and their datasets erased.", "ok")
+        return table(), note, render.receipt(receipt)
+
+    adapters.refresh.click(_guarded(lambda html: html)(table), None, [adapters.table])
+    adapters.delete.click(delete, [adapters.delete_name], [adapters.table, adapters.message, adapters.receipt])
+    adapters.forget.click(forget, [adapters.patient], [adapters.table, adapters.message, adapters.receipt]).then(
+        lambda: "", None, [adapters.patient])
+
+
+def _wire_audit(context, audit):
+    from .adapters import audit_view
+
+    audit.refresh.click(_guarded(lambda html: html)(lambda: render.audit(audit_view(context.home))), None,
+                        [audit.view])
+
+
+def _wire_generate(context, generate):
+    import gradio as gr
+
+    @_guarded(lambda html: html)
+    def run(prompt, seed, request: gr.Request):
+        from ..dataset.phi_check import check_caption
+        from .generate import parse_prompt
+
+        check_caption(parse_prompt(prompt)[0])
+        image = context.generate(prompt, int(seed or 0), actor=context.actor(_user(request)))
+        return _single_image(image, prompt)
+
+    generate.button.click(run, [generate.prompt, generate.seed], [generate.image])
+
+
+def _single_image(image, prompt):
+    from ..dataset.images import png_bytes
+    import base64
+    import html
+
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+    return (f'<figure class="medlora-tile medlora-generated"><img src="{uri}" alt="{html.escape(prompt)}">'
+            f"<figcaption>{html.escape(prompt)}</figcaption></figure>")
