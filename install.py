@@ -122,18 +122,65 @@ def install_in_webui(launch):
     return 0
 
 
-def run_pip_step(step):
+def run_pip_step(step, constraints_file=None):
     """Run one step with this Python's pip, showing pip's output.
 
     Args:
         step (`install_plan.PipStep`): The step.
+        constraints_file (`str`, *optional*): pip constraints every step honours.
 
     Returns:
         `bool`: ``True`` when pip succeeded.
     """
     command = [sys.executable, "-m", "pip", *step.pip_arguments(), "--prefer-binary"]
+    if constraints_file:
+        command += ["-c", constraints_file]
     print(f"{PREFIX} pip {step.pip_command_line()}  ({step.reason})", flush=True)
     return subprocess.call(command) == 0
+
+
+def write_constraints(constraints):
+    """Write the plan's pip constraints to a file next to this script's temp files; its path or None."""
+    if not constraints:
+        return None
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile("w", prefix="medical-lora-constraints-", suffix=".txt", delete=False)
+    with handle:
+        handle.write("\n".join(constraints) + "\n")
+    print(f"{PREFIX} pip constraints for every step: {', '.join(constraints)}", flush=True)
+    return handle.name
+
+
+def install_system_packages(names, dry_run):
+    """Install missing Debian packages the tests need (Chromium for the browser tests).
+
+    Uses apt-get as root, else ``sudo -n``; anything else is reported with the command to run.
+
+    Returns:
+        `bool`: ``True`` when the packages are present afterwards (or in a dry run).
+    """
+    import shutil
+
+    missing = [name for name in names if shutil.which(name) is None]
+    if not missing:
+        return True
+    command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if dry_run:
+        print(f"{PREFIX} would run: {' '.join(command)}")
+        return True
+    prefix = [] if hasattr(os, "geteuid") and os.geteuid() == 0 else ["sudo", "-n"]
+    if shutil.which("apt-get") is None or (prefix and shutil.which("sudo") is None):
+        print(f"{PREFIX} error: the browser tests need {', '.join(missing)} (Debian package); install it with: "
+              f"sudo {' '.join(command)}")
+        return False
+    print(f"{PREFIX} {' '.join(prefix + command)}  (browser tests)", flush=True)
+    if subprocess.call(prefix + command) != 0:
+        subprocess.call(prefix + ["apt-get", "update", "-qq"])
+        if subprocess.call(prefix + command) != 0:
+            print(f"{PREFIX} error: could not install {', '.join(missing)}; run: sudo {' '.join(command)}")
+            return False
+    return True
 
 
 def install_standalone(tests, dry_run):
@@ -148,6 +195,8 @@ def install_standalone(tests, dry_run):
     """
     plan = install_plan.plan_install(install_plan.installed_distributions(), sys.version_info, "standalone", tests)
     print_problems(plan)
+    if plan.system_packages and not install_system_packages(plan.system_packages, dry_run):
+        return 1
     if plan.is_empty:
         print(f"{PREFIX} everything is installed.")
         return 0
@@ -157,8 +206,9 @@ def install_standalone(tests, dry_run):
             print(f"{PREFIX} would run ({kind}): {manual_command(step)}  ({step.reason})")
         return 0
     optional_failures = []
+    constraints_file = write_constraints(plan.constraints)
     for step in plan.steps:
-        if run_pip_step(step):
+        if run_pip_step(step, constraints_file):
             continue
         if not step.optional:
             print(f"{PREFIX} error: required package {step.requirement} could not be installed; stopping.")

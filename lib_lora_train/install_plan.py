@@ -56,6 +56,13 @@ PROTECTED = frozenset(
 WEBUI_PEFT_SPECIFIER = "==0.13.2"
 TRANSFORMERS_WITH_CACHE = "4.36"
 STANDALONE_TORCH_SPECIFIER = "==2.13.0"
+# The tab targets the WebUI 1.10 pin, gradio 3.41.2, which only launches next to the WebUI's web
+# pins; standalone installs get the same set (as pip constraints, so no later step moves them).
+STANDALONE_GRADIO = "==3.41.2"
+GRADIO_3_CONSTRAINTS = ("gradio==3.41.2", "fastapi==0.94.0", "pydantic<2", "httpx==0.24.1", "numpy<2", "Pillow<11")
+# Debian packages the browser tests drive (headless Chromium; Playwright's own download is
+# not reachable offline).
+BROWSER_SYSTEM_PACKAGES = ("chromium",)
 FIRST_PYTHON_WITHOUT_RAPIDOCR = (3, 13)
 
 PEFT_RUNTIME_NEEDS = (
@@ -229,11 +236,16 @@ class InstallPlan:
         context (`str`): ``"webui"`` or ``"standalone"``.
         steps (`tuple[PipStep, ...]`): The installs, in the order to run them.
         problems (`tuple[str, ...]`): Human-readable findings the plan does not fix.
+        constraints (`tuple[str, ...]`): pip constraints every step must be run with
+            (``-c``), so one step cannot move a version another needs.
+        system_packages (`tuple[str, ...]`): Debian packages the tests need (browser).
     """
 
     context: str
     steps: tuple = ()
     problems: tuple = ()
+    constraints: tuple = ()
+    system_packages: tuple = ()
 
     @property
     def required_steps(self):
@@ -292,11 +304,11 @@ def _pydicom_package(python_version):
     return _Package("pydicom", ">=2.4,<3", "reads and de-identifies DICOM files (pydicom 3 needs Python 3.10)")
 
 
-def _ingest_packages(python_version, context):
+def _ingest_packages(python_version, context, numpy_range=">=1.24,<3"):
     packages = [_pydicom_package(python_version)]
     if context == "standalone":
         packages += [
-            _Package("numpy", ">=1.24,<3", "pixel arithmetic"),
+            _Package("numpy", numpy_range, "pixel arithmetic"),
             _Package("Pillow", ">=10.0", "image files; pydicom decodes JPEG baseline with Pillow>=10"),
         ]
     packages += [
@@ -377,14 +389,35 @@ def _test_packages():
         _Package("pytest", ">=7", "runs the tests"),
         _Package("pydicom-data", ">=1.0", "public DICOM test corpus"),
         _Package("deid-data", ">=0.0.20", "public DICOM test corpus with burned-in text"),
-        _Package("fastapi", ">=0.94", "REST API tests (the WebUI provides it at run time)"),
-        _Package("python-multipart", ">=0.0.5", "multipart uploads in the REST API tests"),
-        _Package("httpx", ">=0.24", "FastAPI's test client"),
+        _Package("playwright", ">=1.40,<2", "browser tests (drives Debian's chromium; no browser download)"),
+    ]
+
+
+def _uses_gradio_3(installed):
+    """Standalone gets gradio 3.41.2 unless a gradio 4 is already installed (then it is kept)."""
+    version = _installed_version(installed, "gradio")
+    return version is None or not _is_version(version) or not version_satisfies(version, ">=4,<5")
+
+
+def _web_packages(gradio_3):
+    gradio = _Package("gradio", STANDALONE_GRADIO if gradio_3 else ">=4,<5", "the tab and the standalone app",
+                      accepted=">=3.41.2,<3.42" if gradio_3 else ">=4,<5")
+    return [
+        gradio,
+        _Package("fastapi", "==0.94.0" if gradio_3 else ">=0.100,<1", "the REST API (the WebUI provides it)",
+                 accepted="==0.94.0" if gradio_3 else ">=0.100,<1"),
+        _Package("python-multipart", ">=0.0.5", "multipart uploads"),
+        _Package("httpx", "==0.24.1" if gradio_3 else ">=0.24", "FastAPI's test client and gradio's start-up check",
+                 accepted="==0.24.1" if gradio_3 else ">=0.24"),
     ]
 
 
 def _standalone_table(python_version, installed, tests):
-    table = _ingest_packages(python_version, "standalone") + _codec_packages(python_version, installed)
+    gradio_3 = _uses_gradio_3(installed)
+    if gradio_3:  # the codec choice must see the numpy the constraints will leave
+        installed = dict(installed, numpy="1.26.4") if not _version_below(installed, "numpy", 2) else installed
+    table = _ingest_packages(python_version, "standalone", ">=1.24,<2" if gradio_3 else ">=1.24,<3")
+    table += _web_packages(gradio_3) + _codec_packages(python_version, installed)
     table += _standalone_training_packages()
     rapidocr = _rapidocr_package(python_version, optional=not tests)
     if rapidocr is not None:
@@ -480,7 +513,10 @@ def plan_install(installed, python_version, context, tests=False):
             problems.append(problem)
     if context == "webui":
         problems += _missing_needs_problems(steps, table, installed)
-    return InstallPlan(context=context, steps=tuple(steps), problems=tuple(problems))
+        return InstallPlan(context=context, steps=tuple(steps), problems=tuple(problems))
+    constraints = GRADIO_3_CONSTRAINTS if _uses_gradio_3(installed) else ()
+    return InstallPlan(context=context, steps=tuple(steps), problems=tuple(problems), constraints=constraints,
+                       system_packages=BROWSER_SYSTEM_PACKAGES if tests else ())
 
 
 def installed_distributions():

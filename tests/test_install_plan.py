@@ -156,15 +156,19 @@ def test_webui_plan_never_touches_protected_packages(installed, python_version):
     assert not {step.name for step in plan.steps} & {normalize_name(name) for name in installed}
 
 
+WEB_GRADIO_3 = ["gradio==3.41.2", "fastapi==0.94.0", "python-multipart>=0.0.5", "httpx==0.24.1"]
+
+
 def test_standalone_fresh_machine_gets_pinned_torch_and_training_stack():
     plan = plan_install({}, (3, 11, 7), "standalone")
     assert requirements(plan) == [
         "pydicom>=3.0.1,<4",
-        "numpy>=1.24,<3",
+        "numpy>=1.24,<2",
         "Pillow>=10.0",
         "tqdm>=4.40",
         "PyYAML>=5.4",
-        *CODECS_NUMPY_2,
+        *WEB_GRADIO_3,
+        *CODECS_NUMPY_1,
         *STANDALONE_TRAINING,
         "rapidocr-onnxruntime>=1.3,<2",
     ]
@@ -194,16 +198,40 @@ def test_standalone_replaces_out_of_range_package():
 
 def test_standalone_tests_add_corpora_and_require_ocr():
     plan = plan_install({}, (3, 11), "standalone", tests=True)
-    assert requirements(plan)[-7:] == [
+    assert requirements(plan)[-5:] == [
         "rapidocr-onnxruntime>=1.3,<2",
         "pytest>=7",
         "pydicom-data>=1.0",
         "deid-data>=0.0.20",
-        "fastapi>=0.94",
-        "python-multipart>=0.0.5",
-        "httpx>=0.24",
+        "playwright>=1.40,<2",
     ]
     assert not any(step.optional for step in plan.steps if step.name in ("rapidocr-onnxruntime", "deid-data"))
+    assert plan.system_packages == ("chromium",)
+    assert plan_install({}, (3, 11), "standalone").system_packages == ()
+
+
+def test_standalone_gradio_3_comes_with_the_webui_web_pins_as_constraints():
+    """gradio 3.41.2 dies at launch next to current fastapi/starlette; every step honours the pins."""
+    plan = plan_install({"numpy": "2.1.0"}, (3, 11), "standalone")
+    assert plan.constraints == ("gradio==3.41.2", "fastapi==0.94.0", "pydantic<2", "httpx==0.24.1", "numpy<2",
+                                "Pillow<11")
+    # numpy 2 is taken back to 1.x, and the codecs chosen for the numpy that will be there
+    assert "numpy>=1.24,<2" in requirements(plan)
+    assert "pylibjpeg-openjpeg>=2.3,<2.4" in requirements(plan)
+
+
+def test_standalone_keeps_an_installed_gradio_4_without_constraints():
+    plan = plan_install({"gradio": "4.44.1", "fastapi": "0.115.0", "httpx": "0.27.2", "numpy": "2.1.0"}, (3, 11),
+                        "standalone")
+    assert plan.constraints == ()
+    assert not {"gradio", "fastapi", "httpx", "numpy"} & set(names(plan))
+    assert "pylibjpeg-openjpeg>=2.3,<3" in requirements(plan)
+
+
+def test_webui_never_gets_gradio_or_constraints():
+    plan = plan_install({}, (3, 10), "webui")
+    assert not {"gradio", "fastapi", "httpx", "playwright"} & set(names(plan))
+    assert plan.constraints == () and plan.system_packages == ()
 
 
 def test_standalone_python_313_skips_ocr_and_says_so():
@@ -215,10 +243,14 @@ def test_standalone_python_313_skips_ocr_and_says_so():
 def test_standalone_everything_installed_is_empty():
     installed = {
         "pydicom": "3.0.2",
-        "numpy": "2.1.0",
-        "Pillow": "11.0.0",
+        "numpy": "1.26.4",
+        "Pillow": "10.4.0",
         "tqdm": "4.66.1",
         "PyYAML": "6.0.2",
+        "gradio": "3.41.2",
+        "fastapi": "0.94.0",
+        "python-multipart": "0.0.9",
+        "httpx": "0.24.1",
         **CODECS_INSTALLED,
         "torch": "2.13.0+cpu",
         "safetensors": "0.4.5",
