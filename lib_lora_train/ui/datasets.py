@@ -65,7 +65,7 @@ def take_uploads(home, files):
     Raises:
         InputError: no file was uploaded.
     """
-    paths = [pathlib.Path(getattr(item, "name", item)) for item in files or () if item]
+    paths = [pathlib.Path(item if isinstance(item, (str, os.PathLike)) else item.name) for item in files or () if item]
     if not paths:
         raise InputError("no file was uploaded: choose DICOM files, a folder or a .zip first", code="no_input")
     upload_id = UPLOAD_PREFIX + secrets.token_hex(8)

@@ -98,7 +98,7 @@ def startup_notices(home):
     notes = []
     with Registry(home) as registry:
         problems = registry.verify(actor="standalone:startup")
-    notes.extend(f"Registry check: {problem.kind} ({problem.detail})" for problem in problems)
+    notes.extend(f"Registry check: {problem.kind} {problem.target}: {problem.detail}" for problem in problems)
     return notes
 
 

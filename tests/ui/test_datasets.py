@@ -1,0 +1,122 @@
+"""Steps 1 and 2 of the tab: uploads leave Gradio's temp folder, prepare and re-prepare, caption edits."""
+
+import csv
+import os
+import time
+
+import pytest
+
+from lib_lora_train.config import IngestConfig
+from lib_lora_train.dicom.phantom import PhantomPatient
+from lib_lora_train.errors import InputError
+from lib_lora_train.registry import Registry
+from lib_lora_train.ui import datasets
+
+
+class TempFile:
+    """What gradio 3 hands a handler: a wrapper whose ``name`` is the temp path."""
+
+    def __init__(self, path):
+        self.name = str(path)
+
+
+def test_uploads_are_moved_out_of_the_temp_folder_and_named_by_position(home, gradio_uploads):
+    temp_root = gradio_uploads[0].parents[1]
+    upload_id = datasets.take_uploads(home, [TempFile(gradio_uploads[0]), *map(str, gradio_uploads[1:])])
+    folder = datasets.upload_folder(home, upload_id)
+    assert sorted(p.name for p in folder.iterdir()) == [f"{n:04d}.upload" for n in range(1, len(gradio_uploads) + 1)]
+    assert list(temp_root.rglob("*")) == []  # files and their per-upload folders are gone
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+
+
+def test_nothing_uploaded_is_a_clear_error(home):
+    with pytest.raises(InputError, match="no file was uploaded"):
+        datasets.take_uploads(home, [])
+
+
+@pytest.mark.parametrize("upload_id", ["../secrets", "ui-../../x", "ui-0123", "", None])
+def test_a_crafted_upload_id_cannot_leave_the_home(home, upload_id):
+    with pytest.raises(InputError, match="unknown upload"):
+        datasets.upload_folder(home, upload_id)
+
+
+def test_prepare_then_rerender_with_another_window_keeps_ids_and_names(home, gradio_uploads):
+    upload_id = datasets.take_uploads(home, gradio_uploads)
+    first = datasets.prepare_uploads(home, upload_id, IngestConfig(ocr="off", resolution=64, window="file"),
+                                     actor="alice")
+    assert first.images == 4 and first.report["counts"]["patients"] == 2
+    before = {row[0]: (home.datasets_dir / first.dataset_id / row[0]).read_bytes() for row in first.rows}
+    second = datasets.prepare_uploads(home, upload_id, IngestConfig(ocr="off", resolution=64, window="bone",
+                                                                    trigger_word="ctchest"),
+                                      actor="alice", dataset_id=first.dataset_id)
+    assert second.dataset_id == first.dataset_id
+    assert [row[0] for row in second.rows] == [row[0] for row in first.rows]  # same pseudonyms
+    assert all(row[1].startswith("ctchest") and "bone window" in row[1] for row in second.rows)
+    after = {row[0]: (home.datasets_dir / first.dataset_id / row[0]).read_bytes() for row in second.rows}
+    assert after != before  # the bone window changed the pixels
+    with Registry(home) as registry:
+        assert [e["action"] for e in registry.audit.latest(10)].count("ingest") == 2
+
+
+def test_discarded_uploads_cannot_be_prepared_again(home, gradio_uploads):
+    upload_id = datasets.take_uploads(home, gradio_uploads)
+    assert datasets.discard_uploads(home, upload_id)
+    with pytest.raises(InputError, match="upload them again"):
+        datasets.prepare_uploads(home, upload_id, IngestConfig(ocr="off"), actor="alice")
+
+
+def test_stale_uploads_are_swept_and_fresh_ones_kept(home, gradio_uploads):
+    old = datasets.take_uploads(home, gradio_uploads[:1])
+    fresh = datasets.take_uploads(home, gradio_uploads[1:])
+    day_ago = time.time() - datasets.UPLOAD_MAX_AGE_S - 60
+    os.utime(datasets.upload_folder(home, old), (day_ago, day_ago))
+    assert datasets.sweep_stale_uploads(home) == 1
+    assert not datasets.upload_folder(home, old).exists() and datasets.upload_folder(home, fresh).exists()
+
+
+@pytest.fixture
+def prepared(home, gradio_uploads):
+    upload_id = datasets.take_uploads(home, gradio_uploads)
+    return datasets.prepare_uploads(home, upload_id, IngestConfig(ocr="off", resolution=64), actor="alice")
+
+
+def _metadata(home, dataset_id):
+    with open(home.datasets_dir / dataset_id / "metadata.csv", newline="") as handle:
+        return [[row["file_name"], row["text"]] for row in csv.DictReader(handle)]
+
+
+def test_caption_edits_are_screened_saved_and_audited(home, prepared):
+    rows = [list(row) for row in prepared.rows]
+    rows[0][1] = f"CT of the chest of {PhantomPatient(0).family}"
+    rows[1][1] = "CT scan of chest, nodule in the right upper lobe"
+    rows[2][1] = "CT scan of chest, acquired 2024-03-21"
+    outcome = datasets.save_captions(home, prepared.dataset_id, rows, actor="alice")
+    assert outcome.changed == 1
+    assert [number for number, _ in outcome.refused] == [1, 3]
+    assert all(PhantomPatient(0).family not in kind for _, kind in outcome.refused)
+    saved = _metadata(home, prepared.dataset_id)
+    assert saved[0] == prepared.rows[0] and saved[2] == prepared.rows[2]  # refused edits reverted
+    assert saved[1][1] == "CT scan of chest, nodule in the right upper lobe"
+    assert outcome.rows == saved
+    with Registry(home) as registry:
+        entry = registry.audit.latest(1)[0]
+    assert entry["action"] == "caption_edit" and entry["details"] == {
+        "dataset_id": prepared.dataset_id, "images": 1, "rejected": 2}
+
+
+def test_caption_table_that_does_not_match_the_images_is_refused(home, prepared):
+    with pytest.raises(InputError, match="does not match"):
+        datasets.save_captions(home, prepared.dataset_id, [["images/other.png", "x"]], actor="alice")
+    with pytest.raises(InputError, match="is empty"):
+        datasets.save_captions(home, prepared.dataset_id, [[prepared.rows[0][0], "  "]], actor="alice")
+
+
+def test_thumbnails_are_small_pngs_of_every_image(home, prepared):
+    from PIL import Image
+    import io
+
+    thumbnails = datasets.thumbnails(home, prepared.dataset_id)
+    assert [name for name, _ in thumbnails] == [row[0] for row in prepared.rows]
+    for _, data in thumbnails:
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "PNG" and max(image.size) <= datasets.THUMBNAIL_SIDE
