@@ -1,4 +1,4 @@
-"""WebUI glue: register medical-lora's settings and mount its API. Logic lives in ``lib_lora_train``."""
+"""WebUI glue: settings, the tab and the API. Logic lives in ``lib_lora_train``."""
 
 import sys
 import types
@@ -7,6 +7,7 @@ import gradio as gr
 from modules import cache, call_queue, processing, script_callbacks, shared
 
 from lib_lora_train.settings import HOST_SETTINGS, SETTINGS_SECTION
+from lib_lora_train.webui.extension import WebUIExtension
 
 
 def _option(setting):
@@ -22,15 +23,15 @@ shared.options_templates.update(
 )
 
 
-def _on_app_started(demo, app):
+def _webui_modules():
     from modules import scripts
 
-    from lib_lora_train.webui.app import mount_api, start_maintenance
     from lib_lora_train.webui.lora_bridge import find_addnet
 
-    webui = types.SimpleNamespace(shared=shared, call_queue=call_queue, processing=processing, cache=cache,
-                                  networks=sys.modules.get("networks"), addnet=find_addnet(scripts))
-    start_maintenance(mount_api(app, webui))
+    return types.SimpleNamespace(shared=shared, call_queue=call_queue, processing=processing, cache=cache,
+                                 networks=sys.modules.get("networks"), addnet=find_addnet(scripts))
 
 
-script_callbacks.on_app_started(_on_app_started)
+extension = WebUIExtension(_webui_modules)
+script_callbacks.on_ui_tabs(extension.ui_tabs)
+script_callbacks.on_app_started(extension.app_started)

@@ -20,13 +20,20 @@ def webui(monkeypatch):
     for name in [n for n in sys.modules if n == "modules" or n.startswith("modules.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(STANDIN))
-    fake_gradio = types.ModuleType("gradio")
-    fake_gradio.Dropdown = type("Dropdown", (), {})
-    monkeypatch.setitem(sys.modules, "gradio", fake_gradio)
+    if importlib.util.find_spec("gradio") is None:  # the settings only need gr.Dropdown
+        fake_gradio = types.ModuleType("gradio")
+        fake_gradio.Dropdown = type("Dropdown", (), {})
+        monkeypatch.setitem(sys.modules, "gradio", fake_gradio)
+    gradio = importlib.import_module("gradio")
     shared = importlib.import_module("modules.shared")
+    callbacks = importlib.import_module("modules.script_callbacks")
+    monkeypatch.setattr(callbacks, "callbacks_app_started", [])
+    monkeypatch.setattr(callbacks, "callbacks_ui_tabs", [])
     spec = importlib.util.spec_from_file_location("medical_lora", ROOT / "scripts" / "medical_lora.py")
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    return shared, fake_gradio
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shared.extension = module.extension  # for the tests only
+    return shared, gradio
 
 
 def test_settings_are_registered_in_their_section(webui):
@@ -91,3 +98,74 @@ def test_app_start_mounts_the_api_with_webui_credentials(webui, tmp_path, monkey
     response = client.get("/medical-lora/v1/adapters", auth=("dpo", "s3cret"))
     assert response.status_code == 200 and response.json() == []
     assert (tmp_path / "home" / "audit.jsonl").is_file()  # the refusals were audited in the configured home
+
+
+def test_the_tab_and_the_api_share_one_job_queue(webui, tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    pytest.importorskip("fastapi")
+    from fastapi import FastAPI
+
+    shared, _ = webui
+    callbacks = importlib.import_module("modules.script_callbacks")
+    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
+    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
+    monkeypatch.setitem(shared.opts.data, "medical_lora_train_users", "alice, bob")
+    [(blocks, title, elem_id)] = callbacks.ui_tabs_callback()
+    assert (title, elem_id) == ("Medical LoRA", "medical_lora")
+    ids = {component["props"].get("elem_id") for component in blocks.config["components"]}
+    assert {"medlora_files", "medlora_start", "medlora_adapters"} <= ids
+    assert "medlora_gen_prompt" not in ids  # inside the WebUI, txt2img is the generate panel
+    context = shared.extension.ui_context()
+    assert context.train_users == ("alice", "bob") and context.host_name == "webui"
+    assert not context.auth_enabled and any("Access control is off" in n for n in context.current_notices())
+    monkeypatch.setattr(shared.cmd_opts, "gradio_auth", "alice:pw")
+    assert shared.extension.ui_context().auth_enabled
+    callbacks.app_started_callback(None, FastAPI())  # mounts the API on the same state
+    assert shared.extension.state.jobs is context.state.jobs
+
+
+def test_start_up_problems_reach_the_tab(webui, tmp_path, monkeypatch):
+    shared, _ = webui
+    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
+    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
+    extension = shared.extension
+    home = extension.state.home
+    home.adapters_dir.mkdir(parents=True, exist_ok=True)
+    (home.adapters_dir / "stray.safetensors").write_bytes(b"not registered")
+    from lib_lora_train.webui.app import start_maintenance
+
+    start_maintenance(extension.state, on_problems=extension.startup_problems.extend).join(timeout=60)
+    notes = extension.ui_context().current_notices()
+    assert any(note.startswith("Registry check: orphan_file") for note in notes), notes
+
+
+def test_the_preview_renders_through_the_webuis_txt2img_under_the_queue_lock(webui, monkeypatch):
+    """The contract with ``processing.process_images``: one txt2img, not saved, lock and state held."""
+    import threading
+
+    from lib_lora_train.webui.extension import WebUIPreview
+
+    shared, _ = webui
+    seen = {}
+
+    class Txt2Img:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            self.closed = False
+
+        def close(self):
+            seen["closed"] = True
+
+    def process_images(p):
+        seen["locked"] = lock.locked()
+        seen["job"] = shared.state.job
+        return types.SimpleNamespace(images=["image"])
+
+    lock = threading.Lock()
+    modules = types.SimpleNamespace(shared=shared, call_queue=types.SimpleNamespace(queue_lock=lock),
+                                    processing=types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Txt2Img,
+                                                                     process_images=process_images))
+    assert WebUIPreview(modules)("a ct scan <lora:chest_ct:0.7>", 7) == "image"
+    assert seen["prompt"] == "a ct scan <lora:chest_ct:0.7>" and seen["seed"] == 7
+    assert seen["do_not_save_samples"] and seen["do_not_save_grid"] and seen["closed"]
+    assert seen["locked"] and seen["job"] == "medical_lora_preview" and not lock.locked()

@@ -318,6 +318,11 @@ def _no_model(sd_model, cmd_opts, opts):
     return None
 
 
+def forge_refusal():
+    """Why this WebUI cannot train in-process (it is Forge), or None; for the tab, before any model."""
+    return _forge(None, None, None)
+
+
 def _forge(sd_model, cmd_opts, opts):
     if hasattr(sd_model, "forge_objects") or importlib.util.find_spec("modules.sd_hijack") is None:
         return ("in-process training is not available on Forge; ingest, registry and delete work. Train with "

@@ -71,26 +71,19 @@ def _description(exported):
             f"{metadata.get('ss_num_train_images', '?')} images, {metadata.get('ss_max_train_steps', '?')} steps")
 
 
-def mount_api(app, webui, jobs=None):
-    """Add the ``/medical-lora/v1`` routes to the WebUI's FastAPI app; returns the state."""
-    from ..api.routes import build_router
-
-    state = build_state(webui, jobs)
-    app.include_router(build_router(state))
-    logger.info("medical-lora API mounted at /medical-lora/v1")
-    return state
-
-
-def start_maintenance(state, unused_days=365):
+def start_maintenance(state, unused_days=365, on_problems=None):
     """At start-up, in the background: the expiry sweep (which also finishes interrupted
-    erasures) and the registry/disk consistency check. Returns the thread; problems are logged
-    (and shown in the tab once it exists), never raised into the WebUI's start."""
+    erasures), stale tab uploads, and the registry/disk consistency check. Returns the thread;
+    problems are logged and handed to ``on_problems`` (the tab shows them), never raised into
+    the WebUI's start."""
     import threading
 
     def run():
         from ..registry import Registry
+        from ..ui.datasets import sweep_stale_uploads
 
         try:
+            sweep_stale_uploads(state.home)
             with Registry(state.home) as registry:
                 report = registry.expire(unused_days=unused_days, actor="webui:startup", hooks=state.delete_hooks)
                 problems = registry.verify(actor="webui:startup")
@@ -98,8 +91,12 @@ def start_maintenance(state, unused_days=365):
                         {k: v for k, v in report.items() if isinstance(v, int)}, len(problems))
             for problem in problems:
                 logger.warning("medical-lora registry: %s %s", problem.kind, problem.detail)
+            notes = [f"Registry check: {problem.kind} {problem.target}: {problem.detail}" for problem in problems]
         except Exception as exc:
             logger.error("medical-lora start-up maintenance failed (%s)", type(exc).__name__)
+            notes = [f"The start-up maintenance failed ({type(exc).__name__}); see the server log."]
+        if on_problems is not None and notes:
+            on_problems(notes)
 
     thread = threading.Thread(target=run, name="medical-lora-maintenance", daemon=True)
     thread.start()

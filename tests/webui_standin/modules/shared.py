@@ -86,14 +86,31 @@ cmd_opts = argparse.Namespace(lowvram=False, medvram=False, medvram_sdxl=False, 
                               # ``--ui-settings-file``); tests point them at a temporary folder.
                               lora_dir=os.path.join("models", "Lora"), lyco_dir_backcompat=os.path.join("models", "LyCORIS"),
                               no_hashing=False, ui_settings_file="config.json",
-                              # ``cmd_args.py``: ``--api-auth`` "user:password[,user2:password2]" (None when unset).
-                              api_auth=None)
+                              # ``cmd_args.py``: ``--api-auth`` "user:password[,user2:password2]" (None when unset),
+                              # ``--gradio-auth`` (same form) and ``--gradio-auth-path`` (a file of it).
+                              api_auth=None, gradio_auth=None, gradio_auth_path=None)
 # ``shared.py``: ``config_filename = cmd_opts.ui_settings_file``.
 config_filename = cmd_opts.ui_settings_file
 # ``shared.loaded_hypernetworks``: the hypernetworks of the last prompt (``hypernetwork.py::load_hypernetworks``).
 loaded_hypernetworks = []
 # The real one is a property (``shared_items.py::Shared.sd_model``) that loads a checkpoint on first read.
 sd_model = None
+
+
+class State:
+    """``shared_state.py::State``: ``begin(job)`` and ``end()`` bracket every generation."""
+
+    def __init__(self):
+        self.job, self.jobs_begun, self.jobs_ended = "", 0, 0
+
+    def begin(self, job="(unknown)"):
+        self.job, self.jobs_begun = job, self.jobs_begun + 1
+
+    def end(self):
+        self.job, self.jobs_ended = "", self.jobs_ended + 1
+
+
+state = State()
 
 
 def walk_files(path, allowed_extensions=None):
