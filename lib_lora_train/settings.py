@@ -35,6 +35,10 @@ HOST_SETTINGS = (
                 "Users allowed to train (comma-separated signed-in names; empty: every signed-in user)"),
     HostSetting("medical_lora_delete_users", "",
                 "Users allowed to delete adapters and forget patients (comma-separated; empty: every signed-in user)"),
+    HostSetting("medical_lora_expiry_days", 365,
+                "Default lifetime of a new adapter in days (the tab's expiry date; GDPR storage limitation)"),
+    HostSetting("medical_lora_unused_days", 365,
+                "Erase adapters unused in generations for this many days (checked at every start)"),
     HostSetting("medical_lora_api_local_without_auth", False,
                 "Allow the /medical-lora/v1 API without --api-auth credentials, from this machine only"),
 )
@@ -67,6 +71,16 @@ def _setting(key):
 def user_list(options, key):
     """A comma-separated user list setting as a tuple of names."""
     return tuple(name.strip() for name in str(_value(options, _setting(key)) or "").split(",") if name.strip())
+
+
+def days_setting(options, key):
+    """A whole number of days from a setting, at least 1 (a bad value falls back to the default)."""
+    setting = _setting(key)
+    try:
+        days = int(_value(options, setting))
+    except (TypeError, ValueError):
+        return setting.default
+    return days if days >= 1 else setting.default
 
 
 def api_local_without_auth(options):

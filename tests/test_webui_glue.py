@@ -56,6 +56,13 @@ def test_options_become_home_and_config(tmp_path):
         ingest_config_from_options({"medical_lora_window": "lungs"})
 
 
+@pytest.mark.parametrize("value, days", [(90, 90), ("30", 30), (0, 365), ("soon", 365), (None, 365)])
+def test_day_settings_fall_back_to_their_default(value, days):
+    from lib_lora_train.settings import days_setting
+
+    assert days_setting({"medical_lora_unused_days": value}, "medical_lora_unused_days") == days
+
+
 def test_library_imports_without_the_webui_and_stays_light():
     code = ("import sys, lib_lora_train, lib_lora_train.cli, lib_lora_train.settings;"
             "heavy = [m for m in ('torch', 'pydicom', 'numpy', 'modules', 'gradio', 'PIL') if m in sys.modules];"

@@ -28,6 +28,7 @@ class UiContext:
             instead of the Train button.
         notices (`Callable[[], list[str]] | None`): start-up problems to show (missing
             packages, registry inconsistencies).
+        expiry_days (`int`): the default lifetime of a new adapter, offered in the form.
     """
 
     state: object
@@ -38,6 +39,7 @@ class UiContext:
     generate: object = None
     training_refused: str | None = None
     notices: object = None
+    expiry_days: int = 365
 
     @property
     def home(self):
@@ -57,9 +59,17 @@ class UiContext:
         allowed = {"train": self.train_users, "delete": self.delete_users}[action]
         actor = self.actor(user)
         if allowed and actor not in allowed:
+            self._audit_refusal(actor, action)
             raise AccessDeniedError(f"user {actor!r} may not {action} here: not in the allowed list for "
                                     f"{'training' if action == 'train' else 'deletion'} (Settings > Medical LoRA)")
         return actor
+
+    def _audit_refusal(self, actor, action):
+        from ..registry import Registry
+
+        with Registry(self.home) as registry:
+            registry.audit.append("auth_failed", actor=actor, target=f"tab:{action}", outcome="refused",
+                                  details={"reason_code": "not_allowed"})
 
     def current_notices(self):
         """Start-up problems to show at the top of the tab; never raises."""

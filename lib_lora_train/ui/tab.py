@@ -63,7 +63,7 @@ def build_tab(context):
             with gr.Tab("Train", elem_id="medlora_tab_train"):
                 data = _data_section(gr, context)
                 captions = _captions_section(gr)
-                record = _record_section(gr)
+                record = _record_section(gr, context)
                 train = _train_section(gr, context)
                 result = _result_section(gr, context)
             with gr.Tab("Adapters", elem_id="medlora_tab_adapters"):
@@ -155,7 +155,7 @@ def _captions_section(gr):
     return s
 
 
-def _record_section(gr):
+def _record_section(gr, context):
     from .training import default_expiry
 
     s = _Section()
@@ -169,7 +169,8 @@ def _record_section(gr):
         s["legal_basis"] = gr.Textbox(label="Legal basis", value="GDPR Art. 6(1)(e), 9(2)(j)",
                                       elem_id="medlora_legal_basis")
         s["dpia_reference"] = gr.Textbox(label="DPIA reference", elem_id="medlora_dpia")
-        s["expires"] = gr.Textbox(label="Expires (YYYY-MM-DD)", value=default_expiry(), elem_id="medlora_expires")
+        s["expires"] = gr.Textbox(label="Expires (YYYY-MM-DD)", value=default_expiry(days=context.expiry_days),
+                                  elem_id="medlora_expires")
     return s
 
 

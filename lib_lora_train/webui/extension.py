@@ -60,7 +60,7 @@ class WebUIExtension:
     def ui_context(self):
         """A :class:`UiContext` with the settings as they are now."""
         from ..hosts.webui_host import forge_refusal
-        from ..settings import user_list
+        from ..settings import days_setting, user_list
         from ..ui.context import UiContext
 
         shared = self.webui.shared
@@ -72,16 +72,19 @@ class WebUIExtension:
                          train_users=user_list(options, "medical_lora_train_users"),
                          delete_users=user_list(options, "medical_lora_delete_users"),
                          generate=None if refusal else WebUIPreview(self.webui), training_refused=refusal,
-                         notices=lambda: list(self.startup_problems))
+                         notices=lambda: list(self.startup_problems),
+                         expiry_days=days_setting(options, "medical_lora_expiry_days"))
 
     def app_started(self, demo, app):
         """``on_app_started`` callback: mount the API, start the maintenance sweep."""
         from ..api.routes import build_router
+        from ..settings import days_setting
         from .app import start_maintenance
 
         app.include_router(build_router(self.state))
         logger.info("medical-lora API mounted at /medical-lora/v1")
-        return start_maintenance(self.state, on_problems=self.startup_problems.extend)
+        unused_days = days_setting(self.webui.shared.opts.data, "medical_lora_unused_days")
+        return start_maintenance(self.state, unused_days=unused_days, on_problems=self.startup_problems.extend)
 
 
 class WebUIPreview:

@@ -95,6 +95,12 @@ def test_only_listed_users_may_train(home, embedded_host, prepared):
     with pytest.raises(AccessDeniedError, match="'mallory' may not train"):
         training.start_training(context, config, user="mallory")
     assert context.state.jobs.latest() is None
+    from lib_lora_train.registry import Registry
+
+    with Registry(home) as registry:
+        entry = registry.audit.latest(1)[0]
+    assert (entry["action"], entry["actor"], entry["target"], entry["outcome"]) == (
+        "auth_failed", "mallory", "tab:train", "refused")
 
 
 def test_a_host_that_cannot_train_says_why(home, embedded_host, prepared):
