@@ -95,6 +95,7 @@ class _Job:
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     losses: list = dataclasses.field(default_factory=list)
+    output_dir: object = None
 
 
 class JobManager:
@@ -174,6 +175,14 @@ class JobManager:
         with self._guard:
             return next(reversed(self._jobs.values())).status if self._jobs else None
 
+    def latest_sample(self, job_id):
+        """The newest ``sample_prompt`` preview of a job (a path), or None."""
+        import pathlib
+
+        output_dir = self._job(job_id).output_dir
+        samples = sorted((pathlib.Path(output_dir) / "samples").glob("epoch_*.png")) if output_dir else []
+        return samples[-1] if samples else None
+
     def losses(self, job_id):
         """The loss of every step so far (a copy), for the live loss curve."""
         return list(self._job(job_id).losses)
@@ -219,6 +228,7 @@ class JobManager:
         from .workflow import train_and_register
 
         trainer = job.factory()
+        job.output_dir = getattr(getattr(trainer, "config", None), "output_dir", None)
         if trainer.examples is None:
             trainer.prepare_data()
         job.status = dataclasses.replace(job.status, total_steps=trainer.total_steps())

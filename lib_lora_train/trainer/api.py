@@ -90,7 +90,8 @@ class LoRATrainer:
             self.build_model()
         checkpoint_dir = pathlib.Path(self.config.output_dir) / "checkpoints"
         self.result = train_lora(self.host, self.examples, self.config, self.precision, cancel_event=cancel_event,
-                                 progress=progress, checkpoint_dir=checkpoint_dir)
+                                 progress=progress, checkpoint_dir=checkpoint_dir,
+                                 sample_dir=pathlib.Path(self.config.output_dir) / "samples")
         output = pathlib.Path(self.config.output_dir)
         output.mkdir(parents=True, exist_ok=True)
         write_loss_log(output / "losses.csv", self.result.losses)

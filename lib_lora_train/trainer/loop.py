@@ -71,7 +71,8 @@ def plan_steps(num_examples, config):
     return per_epoch, total
 
 
-def train_lora(host, examples, config, precision, *, cancel_event=None, progress=None, checkpoint_dir=None):
+def train_lora(host, examples, config, precision, *, cancel_event=None, progress=None, checkpoint_dir=None,
+               sample_dir=None):
     """Train a LoRA adapter on ``host`` and return its weights (PEFT form, CPU).
 
     Args:
@@ -82,6 +83,8 @@ def train_lora(host, examples, config, precision, *, cancel_event=None, progress
         cancel_event (`threading.Event`, *optional*): set it to stop within one step.
         progress (`Callable[[TrainProgress], None]`, *optional*): called after each step.
         checkpoint_dir (`pathlib.Path`, *optional*): where resumable checkpoints go.
+        sample_dir (`pathlib.Path`, *optional*): where ``sample_prompt`` previews go
+            (``epoch_NNN.png``, every ``sample_every_epochs`` epochs and after the last one).
 
     Returns:
         `TrainResult`
@@ -92,6 +95,7 @@ def train_lora(host, examples, config, precision, *, cancel_event=None, progress
     """
     before = fingerprint_modules(host.modules_to_fingerprint())
     run = _Run(host, examples, config, precision, cancel_event, progress, checkpoint_dir, before)
+    run.sample_dir = sample_dir
     try:
         return run.execute()
     finally:
@@ -114,10 +118,15 @@ class _Run:
         self.injected = []
         self.checkpointing_enabled = False
         self.losses = []
+        self.sample_dir = None
 
     def execute(self):
         import torch
 
+        if self.config.sample_prompt and not callable(getattr(self.host, "generate", None)):
+            raise ConfigError("sample previews during training (sample_prompt) are not available on this model host "
+                              "(inside the WebUI the queue is held by training); leave sample_prompt empty and use "
+                              "the before/after preview once the adapter is registered")
         torch.manual_seed(self.config.seed)
         started = time.time()
         resolution = self.config.resolution or self.host.facts.native_resolution
@@ -198,10 +207,25 @@ class _Run:
                 self._maybe_checkpoint(step, epoch, optimizer, scheduler, scaler)
                 if step >= total:
                     break
+            self._maybe_sample(epoch, finished=step >= total)
             if tracker.should_stop(sum(epoch_losses) / len(epoch_losses)):
                 logger.info("early stopping after epoch %d: no improvement for %d epochs", epoch, tracker.patience)
                 return "early_stopping"
         return "completed"
+
+    def _maybe_sample(self, epoch, finished):
+        """Render ``sample_prompt`` with the adapter as trained so far (atomic PNG, no text chunks)."""
+        config = self.config
+        if not config.sample_prompt or self.sample_dir is None:
+            return
+        if not finished and epoch % (config.sample_every_epochs or 1):
+            return
+        from ..dataset.images import png_bytes
+        from ..fileio import write_bytes_atomic
+
+        image = self.host.generate(config.sample_prompt, seed=config.seed)
+        self.sample_dir.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.sample_dir / f"epoch_{epoch:03d}.png", png_bytes(image))
 
     def _epoch_batches(self, count, per_epoch):
         import torch

@@ -124,6 +124,19 @@ def loss_curve(losses, width=480, height=160):
             f'<polyline class="medlora-loss-mean" fill="none" points="{points(mean)}"/></svg>')
 
 
+def sample(path):
+    """The newest training preview (``sample_prompt``) as an inline image, or nothing."""
+    if path is None:
+        return ""
+    try:
+        data = path.read_bytes()
+    except OSError:  # erased meanwhile
+        return ""
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return (f'<figure class="medlora-tile medlora-sample"><img src="{uri}" alt="training preview">'
+            f"<figcaption>{_e(path.stem.replace('_', ' '))}</figcaption></figure>")
+
+
 def result(view):
     """The finished adapter: name, size, the prompt snippet with a copy button."""
     if view.adapter is None:

@@ -360,7 +360,8 @@ def _wire_train(gr, context, data, record, train, result):
     def polled(job_id):
         view = job_view(context, job_id or None)
         name = view.adapter.name if view.adapter is not None else ""
-        return render.progress(view.status), render.loss_curve(view.losses), render.result(view), name
+        return (render.progress(view.status), render.loss_curve(view.losses) + render.sample(view.sample),
+                render.result(view), name)
 
     @_guarded(lambda html: (html, gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()))
     def start(values, request: gr.Request):

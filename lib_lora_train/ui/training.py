@@ -224,11 +224,13 @@ class JobView:
         status (`JobStatus | None`): None when no job ran in this process.
         losses (`list[float]`): one per step.
         adapter (`AdapterRecord | None`): the registered adapter of a finished job.
+        sample (`pathlib.Path | None`): the newest ``sample_prompt`` preview, while it exists.
     """
 
     status: object
     losses: list
     adapter: object = None
+    sample: object = None
 
     @property
     def snippet(self):
@@ -254,7 +256,8 @@ def job_view(context, job_id=None):
                 adapter = registry.get(status.registry_id)
             except AdapterNotFoundError:
                 adapter = None
-    return JobView(status, jobs.losses(status.job_id), adapter)
+    sample = jobs.latest_sample(status.job_id)
+    return JobView(status, jobs.losses(status.job_id), adapter, sample if sample and sample.is_file() else None)
 
 
 def cancel_job(context, job_id, *, user):

@@ -173,3 +173,39 @@ def test_text_encoder_lora_trains_and_is_removed(host, examples, tmp_path):
     result = train_lora(host, examples, _config(tmp_path, train_text_encoder=True, max_steps=2), CPU)
     assert result.text_encoder_lora and all("lora_" in k for k in result.text_encoder_lora)
     assert fingerprint_modules(host.modules_to_fingerprint()) == before and _no_lora_left(host.text_encoder)
+
+
+def test_sample_previews_show_the_adapter_as_trained_so_far(host, examples, tmp_path):
+    """sample_prompt renders after every sample_every_epochs epochs and after the last, as plain PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from lib_lora_train.dataset.images import png_chunk_types
+
+    before = fingerprint_modules(host.modules_to_fingerprint())
+    samples = tmp_path / "samples"
+    # 4 images, batch 2: 2 steps per epoch, 6 steps = 3 epochs; every 2 epochs plus the last
+    config = _config(tmp_path, max_steps=6, learning_rate=5e-3, sample_prompt="CT scan of chest", sample_every_epochs=2)
+    train_lora(host, examples, config, CPU, sample_dir=samples)
+    assert sorted(p.name for p in samples.iterdir()) == ["epoch_002.png", "epoch_003.png"]
+    assert set(png_chunk_types((samples / "epoch_003.png").read_bytes())) == {"IHDR", "IDAT", "IEND"}
+    without = np.asarray(host.generate("CT scan of chest", seed=config.seed))
+    assert not np.array_equal(np.asarray(Image.open(samples / "epoch_003.png")), without)  # the adapter was on
+    assert fingerprint_modules(host.modules_to_fingerprint()) == before and _no_lora_left(host.unet)
+
+
+def test_sample_previews_are_refused_on_a_host_that_cannot_render(host, examples, tmp_path):
+    from lib_lora_train.errors import ConfigError
+
+    class NoRendering:
+        """The trainer's view of a host without ``generate`` (the WebUI's loaded model)."""
+
+        def __getattr__(self, name):
+            if name == "generate":
+                raise AttributeError(name)
+            return getattr(host, name)
+
+    config = _config(tmp_path, sample_prompt="CT scan of chest")
+    with pytest.raises(ConfigError, match="sample_prompt"):
+        train_lora(NoRendering(), examples, config, CPU, sample_dir=tmp_path / "samples")
+    assert _no_lora_left(host.unet)
