@@ -121,20 +121,20 @@
             });
             return;
         }
-        var tabButton = target.closest("#medlora_tabs button");
-        if (tabButton) {
-            var refresh = {"Adapters": "medlora_adapters_refresh", "Audit": "medlora_audit_refresh"}[tabButton.textContent.trim()];
-            if (refresh) {
-                setTimeout(function () { click(refresh); }, 100);
-            }
-            return;
-        }
         var forget = target.closest("#medlora_forget");
-        if (forget && !forget.dataset.medloraConfirmed) {
+        if (forget) {
             if (!window.confirm("Erase every adapter and dataset made from this patient's images? " +
                                 "This cannot be undone.")) {
                 event.stopImmediatePropagation();
                 event.preventDefault();
+            }
+            return;
+        }
+        var tabButton = target.closest("#medlora_tabs .tab-nav button");
+        if (tabButton) {
+            var refresh = {"Adapters": "medlora_adapters_refresh", "Audit": "medlora_audit_refresh"}[tabButton.textContent.trim()];
+            if (refresh) {
+                setTimeout(function () { click(refresh); }, 100);
             }
         }
     }

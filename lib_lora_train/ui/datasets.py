@@ -65,15 +65,17 @@ def take_uploads(home, files):
     Raises:
         InputError: no file was uploaded.
     """
-    paths = [pathlib.Path(item if isinstance(item, (str, os.PathLike)) else item.name) for item in files or () if item]
+    items = [item for item in files or () if item]
+    paths = [pathlib.Path(item if isinstance(item, (str, os.PathLike)) else item.name) for item in items]
     if not paths:
         raise InputError("no file was uploaded: choose DICOM files, a folder or a .zip first", code="no_input")
     upload_id = UPLOAD_PREFIX + secrets.token_hex(8)
     folder = upload_folder(home, upload_id)
     folder.mkdir(mode=0o700, parents=True)
-    for position, path in enumerate(paths, start=1):
+    for position, (item, path) in enumerate(zip(items, paths), start=1):
         shutil.move(str(path), folder / f"{position:04d}.upload")
         _remove_empty_parent(path)
+        _remove_other_gradio_copies(item, temp_root=path.parent.parent)
     logger.info("%d uploaded file(s) moved into the data home (%s)", len(paths), upload_id)
     return upload_id
 
@@ -84,6 +86,25 @@ def _remove_empty_parent(path):
         path.parent.rmdir()
     except OSError:
         pass
+
+
+def _remove_other_gradio_copies(item, temp_root):
+    """Gradio 3 keeps two more files per upload: the upload route's copy (``orig_name``, under
+    the client's file name) and an empty ``NamedTemporaryFile`` whose name it overwrote. Both
+    are removed when they lie in the same temporary folder, never anything outside it."""
+    candidates = [getattr(item, "orig_name", None), getattr(getattr(item, "file", None), "name", None)]
+    close = getattr(item, "close", None)
+    if callable(close):
+        close()
+    root = temp_root.resolve()
+    for candidate in candidates:
+        if not isinstance(candidate, (str, os.PathLike)):
+            continue
+        path = pathlib.Path(candidate).resolve()
+        if root in path.parents and path.is_file():
+            path.unlink()
+            if path.parent != root:
+                _remove_empty_parent(path)
 
 
 def upload_folder(home, upload_id):

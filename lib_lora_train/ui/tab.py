@@ -432,17 +432,18 @@ def _wire_adapters(context, adapters):
         note = render.message(f"Adapter {name} was erased (file, sidecars, lists, caches, training data).", "ok")
         return table(), note, render.receipt(receipt)
 
-    @_guarded(lambda html: (gr.update(), html, ""))
+    @_guarded(lambda html: (gr.update(), html, "", ""))
     def forget(patient_id, request: gr.Request):
+        """The id box is emptied in the same update, whatever the outcome: it must not stay on the page."""
         receipt = forget_patient(context, patient_id, user=_user(request))
         count = len(receipt.get("adapters", []))
         note = render.message(f"Patient forgotten: {count} adapter(s) and their datasets erased.", "ok")
-        return table(), note, render.receipt(receipt)
+        return table(), note, render.receipt(receipt), ""
 
     adapters.refresh.click(_guarded(lambda html: html)(table), None, [adapters.table])
     adapters.delete.click(delete, [adapters.delete_name], [adapters.table, adapters.message, adapters.receipt])
-    adapters.forget.click(forget, [adapters.patient], [adapters.table, adapters.message, adapters.receipt]).then(
-        lambda: "", None, [adapters.patient])
+    adapters.forget.click(forget, [adapters.patient],
+                          [adapters.table, adapters.message, adapters.receipt, adapters.patient])
 
 
 def _wire_audit(context, audit):

@@ -55,14 +55,20 @@ def phantoms(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def gradio_temp(tmp_path_factory):
+    """Gradio's own upload folder for the app under test, to prove nothing is left in it."""
+    return tmp_path_factory.mktemp("gradio-temp")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, gradio_temp):
     home = tmp_path_factory.mktemp("home")
     port = _free_port()
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "lib_lora_train", "--home", str(home), "ui", "--port", str(port), "--auth",
          f"{USER}:{PASSWORD}"], stdout=log, stderr=subprocess.STDOUT, cwd=pathlib.Path(__file__).parents[2],
-        env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+        env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(gradio_temp)))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -126,6 +132,12 @@ def test_upload_shows_the_deidentified_gallery(page, phantoms):
     summary = page.inner_text("#medlora_summary")
     assert "patients" in summary and "2" in summary
     Shown.snap(page, "02_gallery")
+
+
+def test_no_upload_is_left_in_gradios_temp_folder(gradio_temp, phantoms):
+    paths, _ = phantoms
+    left = [path for path in gradio_temp.rglob("*") if path.is_file()]
+    assert not [path for path in left if path.suffix == ".dcm" or "_MRN" in path.name], left
 
 
 def test_a_caption_with_a_planted_name_is_refused(page, phantoms):
@@ -202,6 +214,21 @@ def test_delete_removes_the_adapter(page, server):
     page.wait_for_function(f'!document.querySelector(\'#medlora_adapters tr[data-name="{ADAPTER}"]\')')
     assert not list(pathlib.Path(home).rglob(f"{ADAPTER}*.safetensors"))
     Shown.snap(page, "06_deleted")
+
+
+def test_forgetting_a_patient_asks_first_and_shows_the_receipt(page):
+    from lib_lora_train.dicom.phantom import PhantomPatient
+
+    page.fill("#medlora_patient input", PhantomPatient(0).patient_id)
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#medlora_forget")
+    page.wait_for_timeout(1500)
+    assert "Patient forgotten" not in page.inner_text("#medlora_delete_message")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#medlora_forget")
+    page.wait_for_function("document.querySelector('#medlora_delete_message').innerText.includes('Patient forgotten')")
+    assert page.input_value("#medlora_patient input") == ""  # the id does not stay on the page
+    Shown.snap(page, "07_forgotten")
 
 
 def test_no_planted_value_was_ever_shown(phantoms):

@@ -1,6 +1,7 @@
 """Steps 1 and 2 of the tab: uploads leave Gradio's temp folder, prepare and re-prepare, caption edits."""
 
 import csv
+import pathlib
 import os
 import time
 
@@ -120,3 +121,23 @@ def test_thumbnails_are_small_pngs_of_every_image(home, prepared):
     for _, data in thumbnails:
         with Image.open(io.BytesIO(data)) as image:
             assert image.format == "PNG" and max(image.size) <= datasets.THUMBNAIL_SIDE
+
+
+def test_gradio_3s_other_copies_of_an_upload_are_removed_too(home, tmp_path, gradio_uploads):
+    """gradio 3.41 keeps the upload route's copy (``orig_name``) and an empty temp file per upload."""
+    import tempfile
+
+    temp_root = gradio_uploads[0].parents[1]
+    route_copy = temp_root / ("f" * 40) / gradio_uploads[0].name
+    route_copy.parent.mkdir()
+    route_copy.write_bytes(gradio_uploads[0].read_bytes())
+    wrapper = tempfile.NamedTemporaryFile(delete=False, dir=temp_root)
+    empty = pathlib.Path(wrapper.file.name)
+    wrapper.name, wrapper.orig_name = str(gradio_uploads[0]), str(route_copy)
+    outside = tmp_path / "outside.dcm"
+    outside.write_bytes(b"not gradio's")
+    other = tempfile.NamedTemporaryFile(delete=False, dir=temp_root)
+    other.name, other.orig_name = str(gradio_uploads[1]), str(outside)  # never deleted: not in the temp folder
+    datasets.take_uploads(home, [wrapper, other])
+    assert not route_copy.exists() and not route_copy.parent.exists() and not empty.exists()
+    assert outside.exists()
