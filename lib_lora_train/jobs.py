@@ -96,6 +96,7 @@ class _Job:
     finished_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     losses: list = dataclasses.field(default_factory=list)
     output_dir: object = None
+    started: bool = False
 
 
 class JobManager:
@@ -107,11 +108,16 @@ class JobManager:
     Args:
         max_queued (`int`): waiting jobs allowed beyond the running one.
         max_history (`int`): finished jobs whose status is kept for polling.
+        observer (*optional*): told of a running job's start, every step and its end
+            (``job_started(status)``, ``job_progress(status) -> bool`` where True asks to cancel,
+            ``job_finished(status)``), e.g. to mirror it into the WebUI's progress state. Its
+            failures are logged and never stop a job.
     """
 
-    def __init__(self, max_queued=DEFAULT_MAX_QUEUED, max_history=DEFAULT_MAX_HISTORY):
+    def __init__(self, max_queued=DEFAULT_MAX_QUEUED, max_history=DEFAULT_MAX_HISTORY, observer=None):
         self.max_queued = max_queued
         self.max_history = max_history
+        self.observer = observer
         self._guard = threading.Lock()
         self._jobs = collections.OrderedDict()
         self._queue = collections.deque()
@@ -232,19 +238,33 @@ class JobManager:
         if trainer.examples is None:
             trainer.prepare_data()
         job.status = dataclasses.replace(job.status, total_steps=trainer.total_steps())
+        job.started = True
+        self._notify("job_started", job)
         return train_and_register(trainer, actor=job.actor, progress=lambda p: self._on_progress(job, p),
                                   cancel_event=job.cancel_event, after_register=job.after_register)
 
-    @staticmethod
-    def _on_progress(job, progress):
+    def _on_progress(self, job, progress):
         job.losses.append(float(progress.loss))
         job.status = dataclasses.replace(
             job.status, step=progress.step, total_steps=progress.total_steps, epoch=progress.epoch,
             loss=float(progress.loss), eta_seconds=float(progress.eta_seconds),
             steps_per_second=float(progress.steps_per_second))
+        if self._notify("job_progress", job):
+            job.cancel_event.set()
+
+    def _notify(self, event, job):
+        if self.observer is None:
+            return None
+        try:
+            return getattr(self.observer, event)(job.status)
+        except Exception as exc:  # mirroring progress must never break a run
+            logger.warning("job observer %s failed (%s)", event, type(exc).__name__)
+            return None
 
     def _finish(self, job, *, state, **fields):
         job.status = dataclasses.replace(job.status, state=state, **fields)
+        if job.started:
+            self._notify("job_finished", job)
         job.finished_event.set()
         logger.info("training job %s %s", job.status.job_id, state)
 

@@ -4,7 +4,7 @@ import sys
 import types
 
 import gradio as gr
-from modules import cache, call_queue, processing, script_callbacks, shared
+from modules import cache, call_queue, processing, progress, script_callbacks, shared
 
 from lib_lora_train.settings import HOST_SETTINGS, SETTINGS_SECTION
 from lib_lora_train.webui.extension import WebUIExtension
@@ -29,7 +29,8 @@ def _webui_modules():
     from lib_lora_train.webui.lora_bridge import find_addnet
 
     return types.SimpleNamespace(shared=shared, call_queue=call_queue, processing=processing, cache=cache,
-                                 networks=sys.modules.get("networks"), addnet=find_addnet(scripts))
+                                 progress=progress, networks=sys.modules.get("networks"),
+                                 addnet=find_addnet(scripts))
 
 
 extension = WebUIExtension(_webui_modules)

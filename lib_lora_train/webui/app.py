@@ -20,7 +20,8 @@ def build_state(webui, jobs=None):
 
     Args:
         webui (`WebUIModules`-like): attributes ``shared``, ``call_queue``, ``networks``,
-            ``processing``, ``cache`` (WebUI modules) and ``addnet`` (or None).
+            ``processing``, ``cache``, ``progress`` (WebUI modules; ``progress`` may be None) and
+            ``addnet`` (or None).
         jobs (`JobManager`, *optional*): share one with the tab; a new one when None.
 
     Returns:
@@ -40,7 +41,14 @@ def build_state(webui, jobs=None):
     hook = webui_delete_hook(lora_dir, networks_module=webui.networks, shared_module=webui.shared,
                              processing_module=webui.processing, cache_module=webui.cache, addnet=webui.addnet,
                              lock=webui.call_queue.queue_lock)
-    return ApiState(home=home, jobs=jobs or JobManager(), make_trainer=lambda config: _trainer(config, home),
+    if jobs is None:
+        mirror = None
+        if getattr(webui, "progress", None) is not None:
+            from .progress import WebUIProgressMirror
+
+            mirror = WebUIProgressMirror(webui.shared, webui.progress)
+        jobs = JobManager(observer=mirror)
+    return ApiState(home=home, jobs=jobs, make_trainer=lambda config: _trainer(config, home),
                     auth=auth, lock=webui.call_queue.queue_lock, delete_hooks=(hook,),
                     ingest_config=ingest_config_from_options(options),
                     after_register=lambda exported, record: _publish(webui, lora_dir, exported))

@@ -98,16 +98,23 @@ sd_model = None
 
 
 class State:
-    """``shared_state.py::State``: ``begin(job)`` and ``end()`` bracket every generation."""
+    """``shared_state.py::State``: ``begin(job)`` and ``end()`` bracket every generation; the fields
+    ``/sdapi/v1/progress`` reads (``job_count``, ``job_no``, ``sampling_step(s)``, ``textinfo``) and the
+    flag the Interrupt button sets (``interrupted``)."""
 
     def __init__(self):
-        self.job, self.jobs_begun, self.jobs_ended = "", 0, 0
+        self.job, self.job_count, self.job_no, self.sampling_step, self.sampling_steps = "", 0, 0, 0, 0
+        self.textinfo, self.interrupted, self.jobs_begun, self.jobs_ended = None, False, 0, 0
 
     def begin(self, job="(unknown)"):
+        self.sampling_step, self.job_count, self.job_no, self.textinfo, self.interrupted = 0, -1, 0, None, False
         self.job, self.jobs_begun = job, self.jobs_begun + 1
 
     def end(self):
-        self.job, self.jobs_ended = "", self.jobs_ended + 1
+        self.job, self.job_count, self.jobs_ended = "", 0, self.jobs_ended + 1
+
+    def interrupt(self):
+        self.interrupted = True
 
 
 state = State()
