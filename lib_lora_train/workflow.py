@@ -53,6 +53,27 @@ def check_registry_fields(config):
         )
 
 
+def check_adapter_name_free(home, output_root, name):
+    """Refuse, before training, a name an active adapter or an existing output folder has.
+
+    Raises:
+        AdapterNameInUseError
+    """
+    from .registry import AdapterNameInUseError, AdapterNotFoundError
+
+    with Registry(home) as registry:
+        try:
+            record = registry.get(name)
+        except AdapterNotFoundError:
+            record = None
+    if record is not None and record.status in ("active", "deleting"):
+        raise AdapterNameInUseError(f"an adapter named {name!r} already exists; choose another name or delete it "
+                                    "first")
+    if (pathlib.Path(output_root) / name).exists():
+        raise AdapterNameInUseError(f"the output folder for {name!r} already exists in the data home; choose "
+                                    "another name")
+
+
 def train_and_register(trainer, *, actor, progress=None, cancel_event=None, after_register=None):
     """Train, export and register one adapter, writing train_* / export / register audit entries.
 

@@ -215,7 +215,7 @@ def _job_config(state, body):
         DatasetNotFoundError: no prepared dataset has this id.
     """
     from ..config import TrainConfig
-    from ..workflow import check_registry_fields
+    from ..workflow import check_adapter_name_free, check_registry_fields
 
     unknown = sorted(set(body) - set(JOB_KEYS) - {"dataset_id"})
     if unknown:
@@ -228,6 +228,7 @@ def _job_config(state, body):
     output_root = pathlib.Path(state.output_root or state.home.adapters_dir)
     config = TrainConfig.from_dict(dict(values, train_data_dir=str(dataset_dir), output_dir=str(output_root / name)))
     check_registry_fields(config)
+    check_adapter_name_free(state.home, output_root, config.name)
     return config
 
 

@@ -178,20 +178,9 @@ def check_name_free(context, name):
     """Refuse a name an active adapter, or an existing output folder, already has."""
     import pathlib
 
-    from ..registry import AdapterNotFoundError, Registry
+    from ..workflow import check_adapter_name_free
 
-    with Registry(context.home) as registry:
-        try:
-            record = registry.get(name)
-        except AdapterNotFoundError:
-            record = None
-    if record is not None and record.status in ("active", "deleting"):
-        raise InputError(f"an adapter named {name!r} already exists; choose another name or delete it first",
-                         code="name_taken")
-    output_root = pathlib.Path(context.state.output_root or context.home.adapters_dir)
-    if (output_root / name).exists():
-        raise InputError(f"the output folder for {name!r} already exists in the data home; choose another name",
-                         code="name_taken")
+    check_adapter_name_free(context.home, pathlib.Path(context.state.output_root or context.home.adapters_dir), name)
 
 
 def start_training(context, config, *, user, upload_id=None):

@@ -114,6 +114,8 @@ def test_upload_train_list_and_delete(home, host, tmp_path):
     assert done["state"] == "done" and done["adapter"] == "chest_api_v1" and done["step"] == done["total_steps"] == 2
     adapters = client.get(f"{V1}/adapters", headers=_basic()).json()
     assert [a["name"] for a in adapters] == ["chest_api_v1"]
+    taken = client.post(f"{V1}/jobs", json=_job_body(dataset["dataset_id"]), headers=_basic())
+    assert taken.status_code == 409 and "already exists" in taken.json()["detail"]  # refused before training
     receipt = client.delete(f"{V1}/adapters/chest_api_v1", headers=_basic())
     assert receipt.status_code == 200 and receipt.json()["name"] == "chest_api_v1"
     assert [a["name"] for a in client.get(f"{V1}/adapters", headers=_basic()).json()

@@ -7,6 +7,7 @@ import pytest
 
 from lib_lora_train.config import IngestConfig
 from lib_lora_train.errors import ConfigError, InputError
+from lib_lora_train.registry import AdapterNameInUseError
 from lib_lora_train.hosts.base import fingerprint_modules
 from lib_lora_train.train_config import TrainConfig
 from lib_lora_train.ui import datasets, training
@@ -82,7 +83,7 @@ def test_train_from_the_tab_registers_the_adapter_and_erases_the_uploads(context
     assert view.adapter.name == "chest_ct" and view.adapter.created_by == "anonymous"
     assert view.snippet == "<lora:chest_ct:0.7>"
     assert fingerprint_modules(embedded_host.modules_to_fingerprint()) == base
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(AdapterNameInUseError, match="already exists"):
         training.build_config(context, prepared.dataset_id, RECORD, FAST_OPTIONS)
     without, with_adapter = training.before_after(context, "chest_ct", "CT scan of chest")
     assert without.size == with_adapter.size and np.asarray(without).tobytes() != np.asarray(with_adapter).tobytes()
