@@ -92,10 +92,11 @@ class _Job:
     lock: object
     status: JobStatus
     after_register: object = None
+    name: str | None = None
+    output_dir: object = None
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     losses: list = dataclasses.field(default_factory=list)
-    output_dir: object = None
     started: bool = False
 
 
@@ -124,7 +125,7 @@ class JobManager:
         self._worker = None
         self._running = None
 
-    def submit(self, trainer_factory, *, actor, lock=None, after_register=None):
+    def submit(self, trainer_factory, *, actor, lock=None, after_register=None, name=None, output_dir=None):
         """Queue a job; returns its id at once.
 
         Args:
@@ -134,16 +135,25 @@ class JobManager:
             lock (*optional*): context manager held for the whole run (the WebUI's
                 ``modules.call_queue.queue_lock``), so generations and checkpoint switches wait.
             after_register (*optional*): passed to ``workflow.train_and_register`` (publishing).
+            name (`str`, *optional*): the adapter name, reserved while the job waits or runs, so a
+                double click cannot train two adapters into one file.
+            output_dir (*optional*): the job's own output folder, removed if the job is cancelled
+                or fails (checkpoints and previews of an adapter that will never be registered).
 
         Raises:
-            JobBusyError: ``max_queued`` jobs are already waiting.
+            JobBusyError: ``max_queued`` jobs are already waiting, or a waiting or running job
+                already trains an adapter of this name.
         """
         with self._guard:
             if len(self._queue) + (self._running is not None) > self.max_queued:
                 raise JobBusyError(f"training is busy: {len(self._queue)} job(s) waiting, and at most "
                                    f"{self.max_queued} may wait; wait for one to finish or cancel one")
+            if name is not None and any(j.name == name and not j.status.finished for j in self._jobs.values()):
+                raise JobBusyError(f"a training job for {name!r} is already waiting or running; wait for it, or "
+                                   "choose another name")
             job_id = f"job-{secrets.token_hex(6)}"
-            job = _Job(trainer_factory, actor, lock, JobStatus(job_id), after_register)
+            job = _Job(trainer_factory, actor, lock, JobStatus(job_id), after_register, name=name,
+                       output_dir=output_dir)
             self._jobs[job_id] = job
             self._queue.append(job)
             self._forget_old()
@@ -185,7 +195,8 @@ class JobManager:
         """The newest ``sample_prompt`` preview of a job (a path), or None."""
         import pathlib
 
-        output_dir = self._job(job_id).output_dir
+        job = self._job(job_id)
+        output_dir = job.output_dir
         samples = sorted((pathlib.Path(output_dir) / "samples").glob("epoch_*.png")) if output_dir else []
         return samples[-1] if samples else None
 
@@ -217,24 +228,44 @@ class JobManager:
             self._run(job)
 
     def _run(self, job):
-        try:
-            with job.lock if job.lock is not None else contextlib.nullcontext():
+        """Train inside the lock; the observer hears of the end before the lock is released, so
+        a generation waiting for it never has its progress state reset by this job."""
+        outcome = {}
+        with job.lock if job.lock is not None else contextlib.nullcontext():
+            try:
                 result, exported, record = self._train(job)
-        except Exception as exc:  # the worker must survive any job failure and report it
-            # The type only: third-party messages and tracebacks may quote paths or header values.
-            logger.error("training job %s failed (%s)", job.status.job_id, type(exc).__name__)
-            self._finish(job, state="failed", error=describe_error(exc))
+            except Exception as exc:  # the worker must survive any job failure and report it
+                # The type only: third-party messages and tracebacks may quote paths or header values.
+                logger.error("training job %s failed (%s)", job.status.job_id, type(exc).__name__)
+                outcome = {"state": "failed", "error": describe_error(exc)}
+            else:
+                outcome = ({"state": "cancelled"} if result.stopped == "cancelled" else
+                           {"state": "done", "adapter": exported.name, "registry_id": record.id})
+            if job.started:
+                job.status = dataclasses.replace(job.status, **outcome)
+                self._notify("job_finished", job)
+        if outcome["state"] != "done":
+            self._remove_output(job)
+        self._finish(job, **outcome)
+
+    @staticmethod
+    def _remove_output(job):
+        """Remove a cancelled or failed job's folder, unless its adapter was exported (a failure
+        after registration, e.g. publishing, leaves a registered adapter that delete handles)."""
+        import pathlib
+        import shutil
+
+        if job.output_dir is None:
             return
-        if result.stopped == "cancelled":
-            self._finish(job, state="cancelled")
-        else:
-            self._finish(job, state="done", adapter=exported.name, registry_id=record.id)
+        folder = pathlib.Path(job.output_dir)
+        if job.name is not None and (folder / f"{job.name}.safetensors").exists():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _train(self, job):
         from .workflow import train_and_register
 
         trainer = job.factory()
-        job.output_dir = getattr(getattr(trainer, "config", None), "output_dir", None)
         if trainer.examples is None:
             trainer.prepare_data()
         job.status = dataclasses.replace(job.status, total_steps=trainer.total_steps())
@@ -263,8 +294,6 @@ class JobManager:
 
     def _finish(self, job, *, state, **fields):
         job.status = dataclasses.replace(job.status, state=state, **fields)
-        if job.started:
-            self._notify("job_finished", job)
         job.finished_event.set()
         logger.info("training job %s %s", job.status.job_id, state)
 

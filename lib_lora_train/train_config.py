@@ -177,7 +177,8 @@ class TrainConfig:
     )
     save_dtype: str = _help("Precision of the saved adapter: 'fp16', 'bf16' or 'fp32'.", default="fp16")
     sample_prompt: str | None = _help("Prompt for preview images during training; empty: no previews.", default=None)
-    sample_every_epochs: int | None = _help("Render the sample prompt every this many epochs.", default=None)
+    sample_every_epochs: int | None = _help(
+        "Render the sample prompt every this many epochs; empty: only after the last one.", default=None)
     # registry / GDPR record (Art. 30 records of processing)
     purpose: str | None = _help("Why the adapter is trained (purpose limitation).", default=None)
     owner: str | None = _help("Person or role accountable for the adapter.", default=None)

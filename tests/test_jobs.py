@@ -161,3 +161,46 @@ def test_errors_become_readable_messages_without_tracebacks(error, expected):
     manager = JobManager()
     status = manager.wait(manager.submit(lambda: FakeTrainer(error=error), actor="a"), TIMEOUT)
     assert status.state == "failed" and status.error == expected and "Traceback" not in status.error
+
+
+def test_a_name_is_reserved_while_its_job_waits_or_runs():
+    manager, gate = JobManager(), threading.Event()
+    first = manager.submit(lambda: FakeTrainer(gate=gate), actor="alice", name="chest_v1")
+    with pytest.raises(JobBusyError, match="'chest_v1' is already waiting or running"):
+        manager.submit(lambda: FakeTrainer(), actor="bob", name="chest_v1")
+    other = manager.submit(lambda: FakeTrainer(), actor="bob", name="chest_v2")
+    gate.set()
+    assert manager.wait(first, TIMEOUT).state == "done" and manager.wait(other, TIMEOUT).state == "done"
+    manager.wait(manager.submit(lambda: FakeTrainer(), actor="bob", name="chest_v1"), TIMEOUT)
+
+
+@pytest.mark.parametrize("outcome", ["cancelled", "failed"])
+def test_a_cancelled_or_failed_job_leaves_no_output_folder(tmp_path, outcome):
+    folder = tmp_path / "adapters" / "chest_v1"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "samples").mkdir()
+    (folder / "samples" / "epoch_001.png").write_bytes(b"preview")
+    manager, gate, started = JobManager(), threading.Event(), threading.Event()
+    trainer = FakeTrainer(gate=gate, started=started, error=RuntimeError("boom") if outcome == "failed" else None)
+    job_id = manager.submit(lambda: trainer, actor="alice", name="chest_v1", output_dir=folder)
+    assert started.wait(TIMEOUT)
+    if outcome == "cancelled":
+        manager.cancel(job_id)
+    gate.set()
+    assert manager.wait(job_id, TIMEOUT).state == outcome
+    assert not folder.exists() and (tmp_path / "adapters").exists()
+
+
+def test_a_failure_after_export_keeps_the_registered_adapter_folder(tmp_path):
+    folder = tmp_path / "chest_v1"
+    folder.mkdir()
+    (folder / "chest_v1.safetensors").write_bytes(b"registered")
+
+    def fail_publishing(exported, record):
+        raise OSError("the Lora folder is read-only")
+
+    manager = JobManager()
+    job_id = manager.submit(lambda: FakeTrainer(), actor="alice", name="chest_v1", output_dir=folder,
+                            after_register=fail_publishing)
+    assert manager.wait(job_id, TIMEOUT).state == "failed"
+    assert (folder / "chest_v1.safetensors").exists()

@@ -34,6 +34,7 @@ WEIGHTS_COPY = "pytorch_lora_weights.safetensors"
 TRAINING_SUMMARY = "training_summary.json"
 TRAINING_OUTPUTS = ("losses.csv", "loss_curve.png", TRAINING_SUMMARY)
 CHECKPOINTS_DIR = "checkpoints"
+SAMPLES_DIR = "samples"  # training previews (sample_prompt), made with the adapter
 MANIFEST = "manifest.json"
 # Order of removal: the adapter file first (the WebUI stops listing it at once), the manifest last.
 ROLE_ORDER = ("adapter", "copy", "sidecar", "training_output", "checkpoint", "dataset", "dataset_manifest")
@@ -61,9 +62,11 @@ def plan_adapter_erasure(record, *, dataset_mode, other_users, protected):
         _add_if_same(files, kept, path.parent / WEIGHTS_COPY, "training_output", record.sha256)
         files += [file_entry(path.parent / n, "training_output") for n in TRAINING_OUTPUTS
                   if os.path.lexists(path.parent / n)]
-        checkpoint_files, checkpoint_dirs = _tree(path.parent / CHECKPOINTS_DIR)
-        files += [file_entry(p, "checkpoint") for p in checkpoint_files]
-        folders += [str(d) for d in checkpoint_dirs] + [str(path.parent)]
+        for subfolder, role in ((CHECKPOINTS_DIR, "checkpoint"), (SAMPLES_DIR, "training_output")):
+            subfolder_files, subfolder_dirs = _tree(path.parent / subfolder)
+            files += [file_entry(p, role) for p in subfolder_files]
+            folders += [str(d) for d in subfolder_dirs]
+        folders.append(str(path.parent))
     dataset, dataset_files, dataset_dirs = _dataset_part(record, dataset_mode, other_users, protected)
     return {"adapter_path": str(path), "files": _unique(files + dataset_files), "kept": kept,
             "dataset": dataset, "folders": folders + dataset_dirs}

@@ -84,7 +84,7 @@ def train_lora(host, examples, config, precision, *, cancel_event=None, progress
         progress (`Callable[[TrainProgress], None]`, *optional*): called after each step.
         checkpoint_dir (`pathlib.Path`, *optional*): where resumable checkpoints go.
         sample_dir (`pathlib.Path`, *optional*): where ``sample_prompt`` previews go
-            (``epoch_NNN.png``, every ``sample_every_epochs`` epochs and after the last one).
+            (``epoch_NNN.png``, every ``sample_every_epochs`` epochs if set, and after the last one).
 
     Returns:
         `TrainResult`
@@ -218,7 +218,7 @@ class _Run:
         config = self.config
         if not config.sample_prompt or self.sample_dir is None:
             return
-        if not finished and epoch % (config.sample_every_epochs or 1):
+        if not finished and (config.sample_every_epochs is None or epoch % config.sample_every_epochs):
             return
         from ..dataset.images import png_bytes
         from ..fileio import write_bytes_atomic

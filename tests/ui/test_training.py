@@ -122,3 +122,18 @@ def test_previews_refuse_a_prompt_with_personal_data(context):
 
     with pytest.raises(CaptionPHIError):
         training.before_after(context, "chest_ct", "CT of the chest, born 1961-04-12")
+
+
+def test_training_previews_are_shown_and_erased_with_the_adapter(context, prepared):
+    from lib_lora_train.ui import adapters, render
+
+    options = dict(FAST_OPTIONS, sample_prompt="CT scan of chest")
+    config = training.build_config(context, prepared.dataset_id, RECORD, options)
+    job_id = training.start_training(context, config, user=None)
+    assert context.state.jobs.wait(job_id, timeout=300).state == "done"
+    view = training.job_view(context, job_id)
+    assert view.sample is not None and view.sample.name.startswith("epoch_")
+    assert render.sample(view.sample).count("data:image/png;base64,") == 1
+    adapters.delete_adapter(context, "chest_ct", user=None)
+    assert not (context.home.adapters_dir / "chest_ct").exists()
+    assert render.sample(view.sample) == ""

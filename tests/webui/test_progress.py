@@ -71,3 +71,19 @@ def test_a_failing_mirror_never_stops_training(webui):
     manager = JobManager(observer=Broken())
     job_id = manager.submit(lambda: FakeTrainer(steps=2), actor="alice")
     assert manager.wait(job_id, TIMEOUT).state == "done"
+
+
+def test_the_job_ends_in_the_webui_before_the_queue_lock_is_released(webui):
+    """Else a generation waiting for the lock could begin() and then be end()ed by this job."""
+    shared, progress = webui
+    lock = threading.Lock()
+    locked_at_finish = []
+
+    class Watching(WebUIProgressMirror):
+        def job_finished(self, status):
+            locked_at_finish.append((lock.locked(), status.state))
+            super().job_finished(status)
+
+    manager = JobManager(observer=Watching(shared, progress))
+    assert manager.wait(manager.submit(lambda: FakeTrainer(steps=1), actor="a", lock=lock), TIMEOUT).state == "done"
+    assert locked_at_finish == [(True, "done")]
