@@ -207,14 +207,18 @@ def install_standalone(tests, dry_run):
         return 0
     optional_failures = []
     constraints_file = write_constraints(plan.constraints)
-    for step in plan.steps:
-        if run_pip_step(step, constraints_file):
-            continue
-        if not step.optional:
-            print(f"{PREFIX} error: required package {step.requirement} could not be installed; stopping.")
-            print(f"{PREFIX} fix the cause shown by pip above, then run: {manual_command(step)}")
-            return 1
-        optional_failures.append(step)
+    try:
+        for step in plan.steps:
+            if run_pip_step(step, constraints_file):
+                continue
+            if not step.optional:
+                print(f"{PREFIX} error: required package {step.requirement} could not be installed; stopping.")
+                print(f"{PREFIX} fix the cause shown by pip above, then run: {manual_command(step)}")
+                return 1
+            optional_failures.append(step)
+    finally:
+        if constraints_file:
+            os.unlink(constraints_file)
     if optional_failures:
         print_failures(optional_failures, "optional")
     print(f"{PREFIX} done.")

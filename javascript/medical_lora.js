@@ -70,12 +70,20 @@
     }
 
     var lastPoll = 0;
+    var answerAtPoll = null;
+    function lastAnswer() {
+        var progress = root().querySelector("#medlora_progress .medlora-progress");
+        return progress ? progress.getAttribute("data-polled") : null;
+    }
     function poll() {
         var state = jobState();
         var busy = state === "queued" || state === "running";
         var now = Date.now();
-        if (tabVisible() && (busy || lastPoll === 0 || now - lastPoll >= POLL_IDLE_MS)) {
+        var answered = lastAnswer() !== answerAtPoll;  // the previous poll came back
+        var due = lastPoll === 0 || now - lastPoll >= POLL_IDLE_MS || (busy && answered);
+        if (tabVisible() && due) {
             lastPoll = now;
+            answerAtPoll = lastAnswer();
             click("medlora_poll");
         }
         afterPoll();

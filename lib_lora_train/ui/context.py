@@ -29,6 +29,7 @@ class UiContext:
         notices (`Callable[[], list[str]] | None`): start-up problems to show (missing
             packages, registry inconsistencies).
         expiry_days (`int`): the default lifetime of a new adapter, offered in the form.
+        training_previews (`bool`): the host can render ``sample_prompt`` during training.
     """
 
     state: object
@@ -40,6 +41,7 @@ class UiContext:
     training_refused: str | None = None
     notices: object = None
     expiry_days: int = 365
+    training_previews: bool = True
 
     @property
     def home(self):

@@ -51,13 +51,14 @@ class PreparedView:
         return len(self.rows)
 
 
-def take_uploads(home, files):
-    """Move Gradio's uploaded files into a new private upload folder of the data home.
+def take_uploads(home, files, upload_id=None):
+    """Move Gradio's uploaded files into a private upload folder of the data home.
 
     Args:
         home (`DataHome`): the data home.
         files (`list`): what a ``gr.File(file_count="multiple")`` gives: paths (gradio 4) or
             temp-file wrappers with ``.name`` (gradio 3).
+        upload_id (`str`, *optional*): add to this upload (positions continue); a new one when None.
 
     Returns:
         `str`: the upload id.
@@ -65,19 +66,40 @@ def take_uploads(home, files):
     Raises:
         InputError: no file was uploaded.
     """
-    items = [item for item in files or () if item]
-    paths = [pathlib.Path(item if isinstance(item, (str, os.PathLike)) else item.name) for item in items]
+    items, paths = _gradio_files(files)
     if not paths:
         raise InputError("no file was uploaded: choose DICOM files, a folder or a .zip first", code="no_input")
-    upload_id = UPLOAD_PREFIX + secrets.token_hex(8)
+    upload_id = upload_id or UPLOAD_PREFIX + secrets.token_hex(8)
     folder = upload_folder(home, upload_id)
-    folder.mkdir(mode=0o700, parents=True)
-    for position, (item, path) in enumerate(zip(items, paths), start=1):
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    first = len(list(folder.glob("*.upload"))) + 1
+    for position, (item, path) in enumerate(zip(items, paths), start=first):
         shutil.move(str(path), folder / f"{position:04d}.upload")
         _remove_empty_parent(path)
         _remove_other_gradio_copies(item, temp_root=path.parent.parent)
     logger.info("%d uploaded file(s) moved into the data home (%s)", len(paths), upload_id)
     return upload_id
+
+
+def discard_gradio_files(files):
+    """Delete Gradio's copies of files that will not be taken (a refused user)."""
+    items, paths = _gradio_files(files)
+    for item, path in zip(items, paths):
+        path.unlink(missing_ok=True)
+        _remove_empty_parent(path)
+        _remove_other_gradio_copies(item, temp_root=path.parent.parent)
+
+
+def _gradio_files(files):
+    items = [item for item in files or () if item]
+    return items, [pathlib.Path(item if isinstance(item, (str, os.PathLike)) else item.name) for item in items]
+
+
+def sweep_folder(folder):
+    """Empty a temporary folder of ours (Gradio's, inside the data home) at start-up."""
+    folder = pathlib.Path(folder)
+    for child in folder.iterdir() if folder.is_dir() else ():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def _remove_empty_parent(path):

@@ -5,6 +5,7 @@ The tag syntax is the WebUI's (``<lora:NAME>`` means weight 1.0); only registere
 adapters can be named, so a deleted adapter can no longer change an image.
 """
 
+import contextlib
 import re
 import threading
 
@@ -12,6 +13,20 @@ from ..errors import ConfigError
 
 LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>")
 DEFAULT_STEPS = 20
+# A training job holds the model for its whole run: a preview waits this long, then says so.
+LOCK_WAIT_S = 10
+BUSY = "the model is busy (a training job is running); generate again when the job has finished"
+
+
+@contextlib.contextmanager
+def held(lock):
+    """Hold ``lock``, waiting at most :data:`LOCK_WAIT_S`; a clear error instead of a frozen page."""
+    if not lock.acquire(timeout=LOCK_WAIT_S):
+        raise ConfigError(BUSY)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def parse_prompt(prompt):
@@ -63,7 +78,7 @@ class StandaloneGenerator:
         if len(tags) > 1:
             raise ConfigError("the standalone preview applies one adapter at a time; keep one <lora:NAME:w> tag")
         path = self._adapter_file(tags[0][0]) if tags else None
-        with self.lock:
+        with held(self.lock):
             host = self.host_provider()
             if path is None:
                 image = host.generate(text, seed=int(seed), steps=self.steps)

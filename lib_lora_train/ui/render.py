@@ -78,10 +78,16 @@ def _duration(seconds):
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def progress(status):
-    """The job's progress bar with step, epoch, speed, ETA and loss; the state as a data attribute."""
+def progress(status, polled_at=""):
+    """The job's progress bar with step, epoch, speed, ETA and loss; the state as a data attribute.
+
+    ``polled_at`` marks each answer, so the page's script sends the next poll only once this one
+    has arrived instead of piling requests up behind a busy server.
+    """
+    mark = f' data-polled="{_e(polled_at)}"'
     if status is None:
-        return '<div class="medlora-progress" data-state="idle">No training job has run since the server started.</div>'
+        return (f'<div class="medlora-progress" data-state="idle"{mark}>No training job has run since the server '
+                "started.</div>")
     total = max(status.total_steps or 0, 1)
     fraction = min(1.0, (status.step or 0) / total) if status.state != "done" else 1.0
     speed = f"{status.steps_per_second:.2f} it/s" if status.steps_per_second else "-- it/s"
@@ -90,7 +96,7 @@ def progress(status):
                f"ETA {_duration(status.eta_seconds) if status.state == 'running' else '--:--'} · loss {loss}")
     error = f'<div class="medlora-message medlora-error" role="alert">{_e(status.error)}</div>' if status.error else ""
     return (f'<div class="medlora-progress" data-state="{_e(status.state)}" data-job-id="{_e(status.job_id)}" '
-            f'data-step="{int(status.step or 0)}">'
+            f'data-step="{int(status.step or 0)}"{mark}>'
             f'<div class="medlora-progress-head"><span class="medlora-state">{_e(status.state)}</span>'
             f'<span class="medlora-progress-details">{_e(details)}</span></div>'
             f'<div class="medlora-bar" role="progressbar" aria-valuemin="0" aria-valuemax="{total}" '

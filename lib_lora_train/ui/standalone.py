@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7870
+QUEUE_WORKERS = 4
 
 
 def parse_auth(value):
@@ -102,19 +103,37 @@ def startup_notices(home):
     return notes
 
 
+def _queued(blocks):
+    """Several workers, so polls, cancel and lists answer while a preview renders (gradio 3's
+    queue has one worker by default)."""
+    import gradio as gr
+
+    if gr.__version__.startswith("3."):
+        return blocks.queue(concurrency_count=QUEUE_WORKERS)
+    return blocks.queue(default_concurrency_limit=QUEUE_WORKERS)
+
+
 def serve(home, *, host=DEFAULT_HOST, port=DEFAULT_PORT, auth=None, base_model="embedded", block=True):
-    """Start the app; returns ``(blocks, fastapi_app, url)`` (blocks until stopped when ``block``)."""
+    """Start the app; returns ``(blocks, fastapi_app, url)`` (blocks until stopped when ``block``).
+
+    Gradio keeps uploads under the client's file names in its temporary folder until the tab
+    takes them; that folder is placed in the data home (unless ``GRADIO_TEMP_DIR`` is set) and
+    emptied at every start, so such copies never outlive a crash outside the configured folders.
+    """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    gradio_temp = home.ensure().root / "uploads" / "gradio"
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(gradio_temp))
     from ..api.routes import build_router
-    from .datasets import sweep_stale_uploads
+    from .datasets import sweep_folder, sweep_stale_uploads
     from .tab import build_app
 
     credentials = parse_auth(auth)
     context = build_context(home, credentials=credentials, base_model=base_model)
     sweep_stale_uploads(context.home)
+    sweep_folder(os.environ["GRADIO_TEMP_DIR"])
     blocks = build_app(context)
     launch_auth = list(credentials.items()) or None
-    app, local_url, _ = blocks.queue().launch(server_name=host, server_port=port, auth=launch_auth,
+    app, local_url, _ = _queued(blocks).launch(server_name=host, server_port=port, auth=launch_auth,
                                               prevent_thread_lock=True, show_api=False, inbrowser=False,
                                               quiet=True)
     app.include_router(build_router(context.state))

@@ -9,6 +9,7 @@ page re-attaches to a running job in both. Every element id and class starts wit
 import functools
 import logging
 import pathlib
+import time
 
 from ..errors import LoraTrainError
 from . import render
@@ -58,7 +59,7 @@ def build_tab(context):
     import gradio as gr
 
     with gr.Blocks(analytics_enabled=False, elem_id="medlora_root") as blocks:
-        gr.HTML(render.notices(context.current_notices()), elem_id="medlora_notices")
+        notices = gr.HTML(render.notices(context.current_notices()), elem_id="medlora_notices")
         with gr.Tabs(elem_id="medlora_tabs"):
             with gr.Tab("Train", elem_id="medlora_tab_train"):
                 data = _data_section(gr, context)
@@ -76,7 +77,7 @@ def build_tab(context):
                 _wire_generate(context, generate)
         _wire_data(gr, context, data, captions, train)
         _wire_captions(context, data, captions)
-        _wire_train(gr, context, data, record, train, result)
+        _wire_train(gr, context, data, record, train, result, notices)
         _wire_result(context, result)
         _wire_adapters(context, adapters)
         _wire_audit(context, audit)
@@ -194,7 +195,7 @@ def _train_section(gr, context):
     s["preset"] = gr.Radio([(p.label, key) for key, p in PRESETS.items()] if _tuple_choices(gr) else list(PRESETS),
                            value="standard", label="Preset (scaled to the number of images)",
                            elem_id="medlora_preset")
-    s["fields"] = option_fields()
+    s["fields"] = option_fields(context.training_previews)
     with gr.Accordion("Advanced: every trainer option", open=False, elem_id="medlora_advanced"):
         s["options"] = []
         for start in range(0, len(s["fields"]), OPTIONS_PER_ROW):
@@ -268,56 +269,86 @@ def _generate_section(gr):
 
 
 def _wire_data(gr, context, data, captions, train):
-    from .datasets import discard_uploads, prepare_uploads, take_uploads, thumbnails
     from .training import preset_values
 
     option_keys = [field.key for field in train.fields]
-    preset_targets = [train.options[option_keys.index(key)] for key in ("lora_rank", "lora_alpha", "learning_rate",
-                                                                          "max_steps", "snr_gamma")]
+    preset_keys = ("lora_rank", "lora_alpha", "learning_rate", "max_steps", "snr_gamma")
+    preset_targets = [train.options[option_keys.index(key)] for key in preset_keys]
     outputs = [data.message, data.summary, data.gallery, captions.table, data.upload_id, data.dataset_id]
 
-    def shown(view, note):
-        rows = view.rows
-        return (render.message(note, "ok"), render.dataset_summary(view.report),
-                render.gallery(thumbnails(context.home, view.dataset_id), dict(rows)), rows, view.upload_id,
-                view.dataset_id)
+    def scaled(preset, rows):
+        values = preset_values(preset, len(rows or []))
+        return ["" if values[key] is None else values[key] for key in preset_keys]
+
+    for component in (data.files, data.folder):
+        component.upload(_receiver(gr, context), [component, data.upload_id], [data.message, data.upload_id, component])
+    prepare = _preparer(gr, context)
+    data.prepare.click(prepare, [data.upload_id, data.dataset_id, data.window, data.trigger, data.style],
+                       outputs).then(scaled, [train.preset, captions.table], preset_targets)
+    data.rerender.click(prepare, [data.upload_id, data.dataset_id, data.window, data.trigger, data.style], outputs)
+    data.discard.click(_discarder(gr, context), [data.upload_id], outputs)
+    train.preset.change(scaled, [train.preset, captions.table], preset_targets)
+
+
+def _receiver(gr, context):
+    """On upload: take the files out of Gradio's temporary folder at once (or delete them for a
+    refused user) and empty the upload box, so their names do not stay on the page."""
+    from .datasets import discard_gradio_files, take_uploads
+
+    @_guarded(lambda html: (html, gr.update(), None))
+    def receive(files, upload_id, request: gr.Request):
+        files = files if isinstance(files, list) else [files]
+        try:
+            context.check_allowed(_user(request), "train")
+        except AccessDeniedError:
+            discard_gradio_files(files)
+            raise
+        upload_id = take_uploads(context.home, files, upload_id or None)
+        count = len(list(context.home.root.joinpath("uploads", upload_id).glob("*.upload")))
+        note = (f"{count} file(s) received and kept in the data home (named by position). Choose the window, "
+                "then De-identify and prepare.")
+        return render.message(note, "info"), upload_id, None
+
+    return receive
+
+
+def _preparer(gr, context):
+    from .datasets import discard_uploads, prepare_uploads, thumbnails
 
     def keep(message_html):
         return (message_html, gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
 
     @_guarded(keep)
-    def prepare(files, folder, window, trigger, style, request: gr.Request):
+    def prepare(upload_id, dataset_id, window, trigger, style, request: gr.Request):
         actor = context.check_allowed(_user(request), "train")
-        upload_id = take_uploads(context.home, list(files or []) + list(folder or []))
-        view = prepare_uploads(context.home, upload_id, _ingest_config(context, window, trigger, style), actor=actor)
-        return shown(view, f"{view.images} de-identified images prepared (dataset {view.dataset_id}).")
-
-    @_guarded(keep)
-    def rerender(upload_id, dataset_id, window, trigger, style, request: gr.Request):
-        actor = context.check_allowed(_user(request), "train")
+        if not upload_id:
+            return keep(render.message("Upload DICOM files, a folder or a .zip first.", "error"))
         view = prepare_uploads(context.home, upload_id, _ingest_config(context, window, trigger, style), actor=actor,
                                dataset_id=dataset_id or None)
-        return shown(view, f"Prepared again with window '{window}'; captions were regenerated.")
+        if not view.images:
+            discard_uploads(context.home, upload_id)
+            note = render.message("No file could be used (see the reasons below); the uploads were erased. Upload "
+                                  "other files.", "error")
+            return note, render.dataset_summary(view.report), render.gallery([]), [], "", ""
+        note = render.message(f"{view.images} de-identified images prepared (dataset {view.dataset_id}, window "
+                              f"'{window}'); captions were generated.", "ok")
+        return (note, render.dataset_summary(view.report), render.gallery(thumbnails(context.home, view.dataset_id),
+                dict(view.rows)), view.rows, view.upload_id, view.dataset_id)
 
-    @_guarded(keep)
+    return prepare
+
+
+def _discarder(gr, context):
+    from .datasets import discard_uploads
+
+    @_guarded(lambda html: (html, gr.update(), gr.update(), gr.update(), gr.update(), gr.update()))
     def discard(upload_id):
         if upload_id:
             discard_uploads(context.home, upload_id)
-        return (render.message("The uploaded files were erased from the data home.", "ok"), gr.update(), gr.update(),
-                gr.update(), "", gr.update())
+        return (render.message("The uploaded files were erased from the data home.", "ok"), "", render.gallery([]),
+                [], "", "")
 
-    def scaled(preset, rows):
-        values = preset_values(preset, len(rows or []))
-        return ["" if values[key] is None else values[key]
-                for key in ("lora_rank", "lora_alpha", "learning_rate", "max_steps", "snr_gamma")]
-
-    inputs = [data.files, data.folder, data.window, data.trigger, data.style]
-    data.prepare.click(prepare, inputs, outputs).then(
-        lambda: (gr.update(value=None), gr.update(value=None)), None, [data.files, data.folder]).then(
-        scaled, [train.preset, captions.table], preset_targets)
-    data.rerender.click(rerender, [data.upload_id, data.dataset_id, data.window, data.trigger, data.style], outputs)
-    data.discard.click(discard, [data.upload_id], outputs)
-    train.preset.change(scaled, [train.preset, captions.table], preset_targets)
+    return discard
 
 
 def _ingest_config(context, window, trigger, style):
@@ -351,17 +382,19 @@ def _wire_captions(context, data, captions):
     captions.save.click(save, [data.dataset_id, captions.table], [captions.table, captions.message])
 
 
-def _wire_train(gr, context, data, record, train, result):
+def _wire_train(gr, context, data, record, train, result, notices):
     from .training import RECORD_KEYS, build_config, cancel_job, job_view, start_training
 
     record_inputs = [record[key] for key in RECORD_KEYS]
-    poll_outputs = [train.progress, train.loss, result.result, result.adapter]
+    poll_outputs = [train.progress, train.loss, result.result, result.adapter, notices]
 
     def polled(job_id):
+        """Also refreshes the notices: start-up checks finish after the WebUI built the tab."""
         view = job_view(context, job_id or None)
         name = view.adapter.name if view.adapter is not None else ""
-        return (render.progress(view.status), render.loss_curve(view.losses) + render.sample(view.sample),
-                render.result(view), name)
+        return (render.progress(view.status, polled_at=f"{time.monotonic():.3f}"),
+                render.loss_curve(view.losses) + render.sample(view.sample),
+                render.result(view), name, render.notices(context.current_notices()))
 
     @_guarded(lambda html: (html, gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()))
     def start(values, request: gr.Request):
@@ -376,14 +409,15 @@ def _wire_train(gr, context, data, record, train, result):
     @_guarded(lambda html: html)
     def cancel(job_id, request: gr.Request):
         status = cancel_job(context, job_id or None, user=_user(request))
-        return render.message(f"Cancel requested for {status.job_id} (stops within one step).", "info")
+        return render.message(f"Cancel requested for {status.job_id} ({status.state}; a running job stops within "
+                              "one step).", "info")
 
     train.start.click(start, {data.dataset_id, data.upload_id, *record_inputs, *train.options},
                       [train.message, train.job_id, data.upload_id, train.progress, train.loss, result.result,
                        result.adapter])
     train.cancel.click(cancel, [train.job_id], [train.message])
-    train.poll.click(_guarded(lambda html: (html, gr.update(), gr.update(), gr.update()))(polled), [train.job_id],
-                     poll_outputs)
+    train.poll.click(_guarded(lambda html: (html, gr.update(), gr.update(), gr.update(), gr.update()))(polled),
+                     [train.job_id], poll_outputs)
 
 
 def _wire_result(context, result):

@@ -18,6 +18,8 @@ PREVIEW_SEED = 1234
 DEFAULT_EXPIRY_DAYS = 365
 # Record fields the form asks for (TrainConfig keys), in form order.
 RECORD_KEYS = ("name", "purpose", "department", "owner", "legal_basis", "dpia_reference", "expires")
+# Options that render previews during training: only where the host can render (standalone).
+SAMPLE_KEYS = ("sample_prompt", "sample_every_epochs")
 # TrainConfig keys never shown: paths and ids the tab sets itself, and the record fields above.
 HIDDEN_KEYS = frozenset({"base_model", "train_data_dir", "metadata_path", "output_dir", "resume_from_checkpoint",
                          *RECORD_KEYS})
@@ -83,13 +85,14 @@ class OptionField:
         return self.key.replace("_", " ")
 
 
-def option_fields():
-    """Every trainer option except paths and record fields, from the dataclass itself."""
+def option_fields(training_previews=True):
+    """Every trainer option except paths and record fields, from the dataclass itself; without
+    the preview options where the host cannot render during training."""
     from ..train_config import TRAIN_CHOICES, TrainConfig
 
     fields = []
     for field in dataclasses.fields(TrainConfig):
-        if field.name in HIDDEN_KEYS:
+        if field.name in HIDDEN_KEYS or (not training_previews and field.name in SAMPLE_KEYS):
             continue
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         type_text = getattr(field.type, "__name__", None) or str(field.type)  # "int", "int | None"
@@ -119,17 +122,26 @@ def option_value(field, raw):
         if field.kind == "list":
             return ()
         raise ConfigError(f"{field.label} must not be empty ({field.help})")
-    if field.kind == "int":
-        if float(raw) != int(float(raw)):
-            raise ConfigError(f"{field.label} must be a whole number, not {raw}")
-        return int(float(raw))
-    if field.kind == "float":
-        return float(raw)
+    if field.kind in ("int", "float"):
+        return _number(field, raw)
     if field.kind == "list":
         return tuple(part.strip() for part in str(raw).split(",") if part.strip())
     if field.kind == "text":
         return str(raw).strip()
     return raw
+
+
+def _number(field, raw):
+    try:
+        value = float(raw)
+        whole = int(value) if field.kind == "int" else None
+    except (ValueError, OverflowError):  # "abc", "1e400", "inf" as a whole number
+        raise ConfigError(f"{field.label} must be a number ({field.help})") from None
+    if field.kind == "float":
+        return value
+    if value != whole:
+        raise ConfigError(f"{field.label} must be a whole number, not {raw}")
+    return whole
 
 
 def default_expiry(today=None, days=DEFAULT_EXPIRY_DAYS):
@@ -162,7 +174,7 @@ def build_config(context, dataset_id, record, options):
     if not is_adapter_name(name):
         raise ConfigError(f"adapter name {name!r} cannot be used in <lora:NAME:0.7>: use {ADAPTER_NAME_RULE}")
     check_name_free(context, name)
-    by_key = {field.key: field for field in option_fields()}
+    by_key = {field.key: field for field in option_fields(context.training_previews)}
     values = {key: option_value(by_key[key], raw) for key, raw in options.items() if key in by_key}
     values.update({key: (str(record.get(key) or "").strip() or None) for key in RECORD_KEYS})
     output_root = pathlib.Path(context.state.output_root or context.home.adapters_dir)
@@ -250,11 +262,17 @@ def job_view(context, job_id=None):
 
 
 def cancel_job(context, job_id, *, user):
-    """Ask the given (else the latest) job to stop; returns its status."""
+    """Ask the given (else the latest) job to stop; returns its status.
+
+    Raises:
+        InputError: there is no job, or it has already finished.
+    """
     context.check_allowed(user, "train")
     status = context.state.jobs.status(job_id) if job_id else context.state.jobs.latest()
     if status is None:
         raise InputError("there is no training job to cancel", code="no_job")
+    if status.finished:
+        raise InputError(f"training job {status.job_id} has already finished ({status.state})", code="job_finished")
     return context.state.jobs.cancel(status.job_id)
 
 

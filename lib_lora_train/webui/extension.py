@@ -68,12 +68,22 @@ class WebUIExtension:
         cmd_opts = shared.cmd_opts
         auth = bool(getattr(cmd_opts, "gradio_auth", None) or getattr(cmd_opts, "gradio_auth_path", None))
         refusal = forge_refusal()
+        self._refresh_api_users(options)
         return UiContext(state=self.state, host_name="forge" if refusal else "webui", auth_enabled=auth,
                          train_users=user_list(options, "medical_lora_train_users"),
                          delete_users=user_list(options, "medical_lora_delete_users"),
                          generate=None if refusal else WebUIPreview(self.webui), training_refused=refusal,
                          notices=lambda: list(self.startup_problems),
-                         expiry_days=days_setting(options, "medical_lora_expiry_days"))
+                         expiry_days=days_setting(options, "medical_lora_expiry_days"), training_previews=False)
+
+    def _refresh_api_users(self, options):
+        """The API follows the allow-lists as the tab does, from each "Reload UI" on."""
+        import dataclasses
+
+        from ..settings import user_list
+
+        self.state.auth = dataclasses.replace(self.state.auth, train_users=user_list(options, "medical_lora_train_users"),
+                                              delete_users=user_list(options, "medical_lora_delete_users"))
 
     def app_started(self, demo, app):
         """``on_app_started`` callback: mount the API, start the maintenance sweep."""
@@ -95,20 +105,26 @@ class WebUIPreview:
         self.webui, self.steps = webui, steps
 
     def __call__(self, prompt, seed, actor=None):
-        shared, processing = self.webui.shared, self.webui.processing
-        with self.webui.call_queue.queue_lock:
+        from ..ui.generate import held
+
+        shared = self.webui.shared
+        with held(self.webui.call_queue.queue_lock):
             shared.state.begin(job="medical_lora_preview")
             try:
-                p = processing.StableDiffusionProcessingTxt2Img(
-                    sd_model=shared.sd_model, prompt=prompt, negative_prompt="", seed=int(seed), steps=self.steps,
-                    cfg_scale=7.0, width=512, height=512, batch_size=1, n_iter=1, sampler_name="Euler",
-                    do_not_save_samples=True, do_not_save_grid=True)
-                try:
-                    return processing.process_images(p).images[0]
-                finally:
-                    p.close()
+                return self._render(prompt, seed)
             finally:
                 shared.state.end()
+
+    def _render(self, prompt, seed):
+        processing, shared = self.webui.processing, self.webui.shared
+        p = processing.StableDiffusionProcessingTxt2Img(
+            sd_model=shared.sd_model, prompt=prompt, negative_prompt="", seed=int(seed), steps=self.steps,
+            cfg_scale=7.0, width=512, height=512, batch_size=1, n_iter=1, sampler_name="Euler",
+            do_not_save_samples=True, do_not_save_grid=True)
+        try:
+            return processing.process_images(p).images[0]
+        finally:
+            p.close()
 
 
 def _missing_dependency_tab(exc):

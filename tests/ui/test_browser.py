@@ -125,7 +125,8 @@ def test_sign_in_is_required(server, page):
 def test_upload_shows_the_deidentified_gallery(page, phantoms):
     paths, _ = phantoms
     page.set_input_files("#medlora_files input[type=file]", [str(path) for path in paths])
-    page.wait_for_timeout(500)
+    page.wait_for_function("document.querySelector('#medlora_data_message').innerText.includes('received')")
+    Shown.snap(page, "02a_received")  # the upload box is emptied: the client's file names are gone
     page.click("#medlora_prepare")
     page.wait_for_selector("#medlora_gallery img", timeout=120_000)
     assert page.locator("#medlora_gallery img").count() == len(paths)

@@ -141,3 +141,25 @@ def test_gradio_3s_other_copies_of_an_upload_are_removed_too(home, tmp_path, gra
     datasets.take_uploads(home, [wrapper, other])
     assert not route_copy.exists() and not route_copy.parent.exists() and not empty.exists()
     assert outside.exists()
+
+
+def test_a_refused_users_files_are_deleted_from_gradios_folder(gradio_uploads):
+    temp_root = gradio_uploads[0].parents[1]
+    datasets.discard_gradio_files([TempFile(gradio_uploads[0]), str(gradio_uploads[1])])
+    assert sorted(p.name for p in temp_root.rglob("*.dcm")) == sorted(p.name for p in gradio_uploads[2:])
+
+
+def test_uploads_in_several_goes_are_numbered_on(home, gradio_uploads):
+    upload_id = datasets.take_uploads(home, gradio_uploads[:2])
+    assert datasets.take_uploads(home, gradio_uploads[2:], upload_id) == upload_id
+    folder = datasets.upload_folder(home, upload_id)
+    assert sorted(p.name for p in folder.iterdir()) == ["0001.upload", "0002.upload", "0003.upload", "0004.upload"]
+
+
+def test_sweep_folder_empties_it(tmp_path):
+    (tmp_path / "g" / "abc").mkdir(parents=True)
+    (tmp_path / "g" / "abc" / "Doe^John.dcm").write_bytes(b"x")
+    (tmp_path / "g" / "tmp123").write_bytes(b"")
+    datasets.sweep_folder(tmp_path / "g")
+    assert (tmp_path / "g").is_dir() and not list((tmp_path / "g").iterdir())
+    datasets.sweep_folder(tmp_path / "missing")  # nothing to do

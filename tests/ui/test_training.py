@@ -49,6 +49,22 @@ def test_option_values_are_converted_and_empty_optional_ones_unset():
         training.option_value(fields["lora_rank"], 4.5)
     with pytest.raises(ConfigError, match="must not be empty"):
         training.option_value(fields["learning_rate"], " ")
+    for field, typed in (("max_steps", "abc"), ("max_steps", "1e400"), ("snr_gamma", "five")):
+        with pytest.raises(ConfigError, match=f"^{field.replace('_', ' ')} must be a number"):
+            training.option_value(fields[field], typed)
+
+
+def test_the_webui_tab_offers_no_training_previews():
+    keys = {field.key for field in training.option_fields(training_previews=False)}
+    assert not keys & set(training.SAMPLE_KEYS) and "lora_rank" in keys
+
+
+def test_cancelling_a_finished_job_says_so(context, prepared):
+    config = training.build_config(context, prepared.dataset_id, RECORD, FAST_OPTIONS)
+    job_id = training.start_training(context, config, user=None)
+    context.state.jobs.wait(job_id, timeout=300)
+    with pytest.raises(InputError, match="already finished"):
+        training.cancel_job(context, None, user=None)
 
 
 @pytest.fixture
