@@ -168,7 +168,8 @@ def test_the_preview_renders_through_the_webuis_txt2img_under_the_queue_lock(web
         seen["job"] = shared.state.job
         return types.SimpleNamespace(images=["image"])
 
-    lock = threading.Lock()
+    call_queue = importlib.import_module("modules.call_queue")
+    lock = call_queue.FIFOLock()  # the WebUI's lock type: acquire() takes no timeout
     modules = types.SimpleNamespace(shared=shared, call_queue=types.SimpleNamespace(queue_lock=lock),
                                     processing=types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Txt2Img,
                                                                      process_images=process_images))
@@ -176,3 +177,22 @@ def test_the_preview_renders_through_the_webuis_txt2img_under_the_queue_lock(web
     assert seen["prompt"] == "a ct scan <lora:chest_ct:0.7>" and seen["seed"] == 7
     assert seen["do_not_save_samples"] and seen["do_not_save_grid"] and seen["closed"]
     assert seen["locked"] and seen["job"] == "medical_lora_preview" and not lock.locked()
+
+
+def test_the_preview_waits_for_a_running_job_then_says_the_model_is_busy(webui, monkeypatch):
+    from lib_lora_train.errors import ConfigError
+    from lib_lora_train.ui import generate
+    from lib_lora_train.webui.extension import WebUIPreview
+
+    shared, _ = webui
+    call_queue = importlib.import_module("modules.call_queue")
+    lock = call_queue.FIFOLock()
+    lock.acquire()  # a training job holds the queue
+    monkeypatch.setattr(generate, "LOCK_WAIT_S", 0.3)
+    modules = types.SimpleNamespace(shared=shared, call_queue=types.SimpleNamespace(queue_lock=lock),
+                                    processing=None)
+    with pytest.raises(ConfigError, match="the model is busy"):
+        with generate.held(lock):
+            pass
+    with pytest.raises(ConfigError, match="the model is busy"):
+        WebUIPreview(modules)("a ct scan", 1)

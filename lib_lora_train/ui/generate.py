@@ -8,6 +8,7 @@ adapters can be named, so a deleted adapter can no longer change an image.
 import contextlib
 import re
 import threading
+import time
 
 from ..errors import ConfigError
 
@@ -19,14 +20,27 @@ BUSY = "the model is busy (a training job is running); generate again when the j
 
 
 @contextlib.contextmanager
-def held(lock):
-    """Hold ``lock``, waiting at most :data:`LOCK_WAIT_S`; a clear error instead of a frozen page."""
-    if not lock.acquire(timeout=LOCK_WAIT_S):
+def held(lock, wait_s=None):
+    """Hold ``lock``, waiting at most ``wait_s`` (default :data:`LOCK_WAIT_S`); a clear error
+    instead of a frozen page."""
+    if not _acquire(lock, LOCK_WAIT_S if wait_s is None else wait_s):
         raise ConfigError(BUSY)
     try:
         yield
     finally:
         lock.release()
+
+
+def _acquire(lock, wait_s):
+    try:
+        return lock.acquire(timeout=wait_s)
+    except TypeError:  # the WebUI's FIFOLock takes no timeout: try until the deadline
+        deadline = time.monotonic() + wait_s
+        while not lock.acquire(False):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
 
 def parse_prompt(prompt):
