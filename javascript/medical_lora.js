@@ -46,11 +46,14 @@
         return Boolean(tab && tab.offsetParent !== null);
     }
 
+    // The WebUI 1.10 Lora pages refresh through a hidden button per tab
+    // (ui_extra_networks.py: "{tabname}_{page}_extra_refresh_internal", clicked the same way by
+    // its extraNetworks.js); absent outside the WebUI, so nothing happens standalone.
     function refreshLoraCards() {
-        ["txt2img_extra_refresh", "img2img_extra_refresh"].forEach(function (id) {
-            var button = document.getElementById(id) || byId(id);
+        ["txt2img", "img2img"].forEach(function (tabname) {
+            var button = byId(tabname + "_lora_extra_refresh_internal");
             if (button) {
-                button.click();
+                button.dispatchEvent(new Event("click"));
             }
         });
     }
