@@ -39,6 +39,9 @@ HOST_SETTINGS = (
                 "Default lifetime of a new adapter in days (the tab's expiry date; GDPR storage limitation)"),
     HostSetting("medical_lora_unused_days", 365,
                 "Erase adapters unused in generations for this many days (checked at every start)"),
+    HostSetting("medical_lora_keep_datasets", True,
+                "Keep prepared datasets after training (off: erased once the adapter is registered; the registry "
+                "keeps the pseudonymous lineage, so forget-patient still works)"),
     HostSetting("medical_lora_api_local_without_auth", False,
                 "Allow the /medical-lora/v1 API without --api-auth credentials, from this machine only"),
 )
@@ -81,6 +84,11 @@ def days_setting(options, key):
     except (TypeError, ValueError):
         return setting.default
     return days if days >= 1 else setting.default
+
+
+def keep_datasets(options):
+    """Whether prepared datasets stay after their adapter is registered."""
+    return bool(_value(options, _setting("medical_lora_keep_datasets")))
 
 
 def api_local_without_auth(options):

@@ -196,3 +196,26 @@ def test_the_preview_waits_for_a_running_job_then_says_the_model_is_busy(webui, 
             pass
     with pytest.raises(ConfigError, match="the model is busy"):
         WebUIPreview(modules)("a ct scan", 1)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_keep_datasets_setting_decides_whether_training_data_stays(webui, tmp_path, monkeypatch, keep):
+    from lib_lora_train.dicom.pseudonym import Pseudonymizer
+    from lib_lora_train.registry import Registry
+    from lib_lora_train.webui import app
+    from tests.registry.conftest import register, write_adapter, write_dataset
+
+    shared, _ = webui
+    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
+    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
+    monkeypatch.setitem(shared.opts.data, "medical_lora_keep_datasets", keep)
+    published = []
+    monkeypatch.setattr(app, "_publish", lambda webui, lora_dir, exported: published.append(exported.name))
+    state = shared.extension.state
+    folder = state.home.datasets_dir / "ds-1"
+    manifest = write_dataset(folder, "ds-1", [0], Pseudonymizer(b"k" * 32))
+    exported = write_adapter(state.home.adapters_dir / "chest", "chest")
+    with Registry(state.home) as registry:
+        record = register(registry, exported, manifest, folder)
+    state.after_register(exported, record)
+    assert published == ["chest"] and folder.exists() == keep

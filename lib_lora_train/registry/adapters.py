@@ -233,6 +233,18 @@ class Registry:
         logger.info("patient erasure %s: %d adapters, %d datasets", erasure_id, counts["adapters"], counts["datasets"])
         return receipt
 
+    def erase_dataset(self, folder, *, actor, reason_code="dataset_not_kept"):
+        """Erase a prepared dataset once its adapter is registered (the host is set not to keep
+        training data). Its adapters keep their lineage (patient pseudonyms in this registry),
+        so forget-patient still finds them. Writes one ``delete`` audit entry; the receipt."""
+        receipt = lifecycle.erase_dataset(folder, self, actor)
+        dataset = receipt["dataset"]
+        self.audit.append("delete", actor=actor or "anonymous", target=dataset.get("dataset_id") or "dataset",
+                          details={"dataset_id": dataset.get("dataset_id") or "unknown",
+                                   "files_removed": receipt["counts"]["files_removed"],
+                                   "bytes_removed": receipt["counts"]["bytes_removed"], "reason_code": reason_code})
+        return receipt
+
     def protected_folders(self):
         """Folders an erasure never removes: the home and its top-level folders."""
         home = self.home

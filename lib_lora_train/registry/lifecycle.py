@@ -35,7 +35,7 @@ def forget_patient(registry, pseudonym, *, actor, reason, hooks):
     done = {d["path"] for d in datasets}
     for folder in found:
         if str(folder) not in done and (folder / erasure.MANIFEST).exists():
-            datasets.append(_dataset_summary(_erase_dataset(folder, registry, actor)["dataset"], None))
+            datasets.append(_dataset_summary(erase_dataset(folder, registry, actor)["dataset"], None))
     receipt = {
         "receipt_version": erasure.RECEIPT_VERSION, "kind": "patient_erasure", "patient": pseudonym,
         "reason": reason, "requested_by": actor or "anonymous", "requested_at": requested_at,
@@ -95,7 +95,8 @@ def _expiry_reason(record, code, unused_days):
     return "finishing an interrupted erasure"
 
 
-def _erase_dataset(folder, registry, actor):
+def erase_dataset(folder, registry, actor):
+    """Remove one prepared dataset folder (found by its manifest); the receipt."""
     plan = erasure.plan_dataset_erasure(folder, registry.protected_folders())
     removals = erasure.remove_files(plan)
     erasure.prune_folders(plan)

@@ -51,7 +51,7 @@ def build_state(webui, jobs=None):
     return ApiState(home=home, jobs=jobs, make_trainer=lambda config: _trainer(config, home),
                     auth=auth, lock=webui.call_queue.queue_lock, delete_hooks=(hook,),
                     ingest_config=ingest_config_from_options(options),
-                    after_register=lambda exported, record: _publish(webui, lora_dir, exported))
+                    after_register=lambda exported, record: _after_register(webui, lora_dir, home, exported, record))
 
 
 def _trainer(config, home):
@@ -60,6 +60,18 @@ def _trainer(config, home):
     from ..trainer.api import LoRATrainer
 
     return LoRATrainer(config, home, host=WebUIHost.from_shared())
+
+
+def _after_register(webui, lora_dir, home, exported, record):
+    """Publish into the Lora folder; then, unless the settings keep them, erase the training data."""
+    from ..settings import keep_datasets
+
+    _publish(webui, lora_dir, exported)
+    if not keep_datasets(webui.shared.opts.data) and record.dataset_path:
+        from ..registry import Registry
+
+        with Registry(home) as registry:
+            registry.erase_dataset(record.dataset_path, actor=record.created_by)
 
 
 def _publish(webui, lora_dir, exported):

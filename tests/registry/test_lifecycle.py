@@ -312,3 +312,15 @@ def test_forget_patient_finishes_an_interrupted_delete_and_removes_its_kept_data
                                     "removed_by": adapter.id, "file_count": 7,
                                     "bytes": receipt["adapters"][0]["dataset"]["bytes"]}]
     assert registry.get(adapter.id).status == "deleted"
+
+
+def test_erase_dataset_after_registration_keeps_the_lineage_for_forget_patient(home, registry, pseudonymizer):
+    folder = home.datasets_dir / "ds-keep-off"
+    manifest = write_dataset(folder, "ds-keep-off", [0, 1], pseudonymizer)
+    record = register(registry, write_adapter(home.adapters_dir / "chest", "chest"), manifest, folder)
+    receipt = registry.erase_dataset(folder, actor="alice")
+    assert not folder.exists() and receipt["dataset"]["removed"] and receipt["counts"]["files_removed"] >= 5
+    entry = [json.loads(line) for line in home.audit_log_path.read_text().splitlines()][-1]
+    assert entry["action"] == "delete" and entry["details"]["reason_code"] == "dataset_not_kept"
+    forgotten = registry.forget_patient("TESTPATIENT1", pseudonymizer, actor="dpo", reason="Art. 17 request")
+    assert [a["adapter_id"] for a in forgotten["adapters"]] == [record.id]
