@@ -261,8 +261,8 @@ def _edits_by_file(edited_rows, current):
     known = {file_name for file_name, _ in current}
     edits = {}
     for row in edited_rows or ():
-        if len(row) < 2:
-            continue
+        if len(row) < 2 or not any(str(cell or "").strip() for cell in row):
+            continue  # an empty row added with the table's "New row" button
         file_name, caption = str(row[0]), " ".join(str(row[1] if row[1] is not None else "").split())
         if file_name not in known:
             raise InputError("the caption table does not match the prepared images; prepare again",

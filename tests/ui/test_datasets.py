@@ -105,6 +105,12 @@ def test_caption_edits_are_screened_saved_and_audited(home, prepared):
         "dataset_id": prepared.dataset_id, "images": 1, "rejected": 2}
 
 
+def test_empty_rows_added_in_the_table_are_ignored(home, prepared):
+    rows = [list(row) for row in prepared.rows] + [["", ""], [None, None]]
+    outcome = datasets.save_captions(home, prepared.dataset_id, rows, actor="alice")
+    assert outcome.changed == 0 and outcome.rows == prepared.rows
+
+
 def test_caption_table_that_does_not_match_the_images_is_refused(home, prepared):
     with pytest.raises(InputError, match="does not match"):
         datasets.save_captions(home, prepared.dataset_id, [["images/other.png", "x"]], actor="alice")
