@@ -130,6 +130,23 @@ def loss_curve(losses, width=480, height=160):
             f'<polyline class="medlora-loss-mean" fill="none" points="{points(mean)}"/></svg>')
 
 
+def _tile(png, label, extra_class=""):
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return (f'<figure class="medlora-tile {extra_class}"><img src="{uri}" alt="{_e(label)}">'
+            f"<figcaption>{_e(label)}</figcaption></figure>")
+
+
+def before_after(without_png, with_png, snippet):
+    """The result's preview: the same prompt and seed without and with the adapter."""
+    return ('<div class="medlora-gallery medlora-previews">' + _tile(without_png, "without the adapter") +
+            _tile(with_png, f"with {snippet}") + "</div>")
+
+
+def generated(png, prompt):
+    """One image of the standalone generate panel, captioned with its prompt."""
+    return _tile(png, prompt, "medlora-generated")
+
+
 def sample(path):
     """The newest training preview (``sample_prompt``) as an inline image, or nothing."""
     if path is None:
@@ -138,9 +155,7 @@ def sample(path):
         data = path.read_bytes()
     except OSError:  # erased meanwhile
         return ""
-    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return (f'<figure class="medlora-tile medlora-sample"><img src="{uri}" alt="training preview">'
-            f"<figcaption>{_e(path.stem.replace('_', ' '))}</figcaption></figure>")
+    return _tile(data, "training preview, " + path.stem.replace("_", " "), "medlora-sample")
 
 
 def result(view):

@@ -423,33 +423,21 @@ def _wire_train(gr, context, data, record, train, result, notices):
 def _wire_result(context, result):
     import gradio as gr
 
-    from .training import before_after
+    from .training import PREVIEW_WEIGHT, before_after
 
     if context.generate is None:
         return
 
     @_guarded(lambda html: html)
     def preview(adapter, prompt, request: gr.Request):
+        from ..dataset.images import png_bytes
+
         if not adapter:
             return render.message("Train an adapter first; the preview compares images without and with it.", "info")
         without, with_adapter = before_after(context, adapter, prompt or "a ct scan")
-        return _image_pair(without, with_adapter, adapter)
+        return render.before_after(png_bytes(without), png_bytes(with_adapter), f"<lora:{adapter}:{PREVIEW_WEIGHT}>")
 
     result.preview.click(preview, [result.adapter, result.prompt], [result.previews])
-
-
-def _image_pair(without, with_adapter, adapter):
-    from ..dataset.images import png_bytes
-    import base64
-    import html
-
-    def tile(image, label):
-        uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
-        return f'<figure class="medlora-tile"><img src="{uri}" alt="{html.escape(label)}"><figcaption>' \
-               f"{html.escape(label)}</figcaption></figure>"
-
-    return ('<div class="medlora-gallery medlora-previews">' + tile(without, "without the adapter") +
-            tile(with_adapter, f"with <lora:{adapter}:0.7>") + "</div>")
 
 
 def _wire_adapters(context, adapters):
@@ -492,21 +480,12 @@ def _wire_generate(context, generate):
 
     @_guarded(lambda html: html)
     def run(prompt, seed, request: gr.Request):
+        from ..dataset.images import png_bytes
         from ..dataset.phi_check import check_caption
         from .generate import parse_prompt
 
         check_caption(parse_prompt(prompt)[0])
         image = context.generate(prompt, int(seed or 0), actor=context.actor(_user(request)))
-        return _single_image(image, prompt)
+        return render.generated(png_bytes(image), prompt)
 
     generate.button.click(run, [generate.prompt, generate.seed], [generate.image])
-
-
-def _single_image(image, prompt):
-    from ..dataset.images import png_bytes
-    import base64
-    import html
-
-    uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
-    return (f'<figure class="medlora-tile medlora-generated"><img src="{uri}" alt="{html.escape(prompt)}">'
-            f"<figcaption>{html.escape(prompt)}</figcaption></figure>")

@@ -13,7 +13,8 @@ def test_every_shown_text_is_escaped():
     row = AdapterRow(HOSTILE, HOSTILE, "o", "d", "2026-01-01", "2027-01-01", "never", "1 KB", "active")
     pages = [render.adapters_table([row]), render.message(HOSTILE, "error"), render.notices([HOSTILE]),
              render.dataset_summary({"rejected": [{"input": "file 1", "reason": HOSTILE}], "warnings": [HOSTILE]}),
-             render.receipt({"name": HOSTILE}), render.gallery([(HOSTILE, b"png")], {HOSTILE: HOSTILE})]
+             render.receipt({"name": HOSTILE}), render.gallery([(HOSTILE, b"png")], {HOSTILE: HOSTILE}),
+             render.before_after(b"a", b"b", HOSTILE), render.generated(b"png", HOSTILE)]
     for html in pages:
         assert "<script>" not in html and "&lt;script&gt;" in html
 
