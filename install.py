@@ -175,9 +175,10 @@ def install_system_packages(names, dry_run):
               f"sudo {' '.join(command)}")
         return False
     print(f"{PREFIX} {' '.join(prefix + command)}  (browser tests)", flush=True)
-    if subprocess.call(prefix + command) != 0:
-        subprocess.call(prefix + ["apt-get", "update", "-qq"])
-        if subprocess.call(prefix + command) != 0:
+    environment = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if subprocess.call(prefix + command, env=environment) != 0:  # a fresh machine may have no package lists yet
+        subprocess.call(prefix + ["apt-get", "update", "-qq"], env=environment)
+        if subprocess.call(prefix + command, env=environment) != 0:
             print(f"{PREFIX} error: could not install {', '.join(missing)}; run: sudo {' '.join(command)}")
             return False
     return True
