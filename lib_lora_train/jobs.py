@@ -94,6 +94,7 @@ class _Job:
     after_register: object = None
     name: str | None = None
     output_dir: object = None
+    dataset_dir: str | None = None
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     losses: list = dataclasses.field(default_factory=list)
@@ -125,7 +126,8 @@ class JobManager:
         self._worker = None
         self._running = None
 
-    def submit(self, trainer_factory, *, actor, lock=None, after_register=None, name=None, output_dir=None):
+    def submit(self, trainer_factory, *, actor, lock=None, after_register=None, name=None, output_dir=None,
+               dataset_dir=None):
         """Queue a job; returns its id at once.
 
         Args:
@@ -139,6 +141,7 @@ class JobManager:
                 double click cannot train two adapters into one file.
             output_dir (*optional*): the job's own output folder, removed if the job is cancelled
                 or fails (checkpoints and previews of an adapter that will never be registered).
+            dataset_dir (*optional*): the prepared dataset it trains on (see :meth:`dataset_users`).
 
         Raises:
             JobBusyError: ``max_queued`` jobs are already waiting, or a waiting or running job
@@ -148,12 +151,13 @@ class JobManager:
             if len(self._queue) + (self._running is not None) > self.max_queued:
                 raise JobBusyError(f"training is busy: {len(self._queue)} job(s) waiting, and at most "
                                    f"{self.max_queued} may wait; wait for one to finish or cancel one")
-            if name is not None and any(j.name == name and not j.status.finished for j in self._jobs.values()):
+            if name is not None and any(j.name is not None and j.name.casefold() == name.casefold()
+                                        and not j.status.finished for j in self._jobs.values()):
                 raise JobBusyError(f"a training job for {name!r} is already waiting or running; wait for it, or "
                                    "choose another name")
             job_id = f"job-{secrets.token_hex(6)}"
             job = _Job(trainer_factory, actor, lock, JobStatus(job_id), after_register, name=name,
-                       output_dir=output_dir)
+                       output_dir=output_dir, dataset_dir=None if dataset_dir is None else str(dataset_dir))
             self._jobs[job_id] = job
             self._queue.append(job)
             self._forget_old()
@@ -190,6 +194,17 @@ class JobManager:
         """Status of the most recently submitted job, or None; lets a reloaded page re-attach."""
         with self._guard:
             return next(reversed(self._jobs.values())).status if self._jobs else None
+
+    def dataset_users(self, dataset_dir):
+        """How many waiting or running jobs train on this dataset (erasing it must wait for them)."""
+        with self._guard:
+            return sum(1 for job in self._jobs.values()
+                       if job.dataset_dir == str(dataset_dir) and not job.status.finished)
+
+    def busy(self):
+        """True while a job waits or runs (it holds, or will hold, the model)."""
+        with self._guard:
+            return any(not job.status.finished for job in self._jobs.values())
 
     def latest_sample(self, job_id):
         """The newest ``sample_prompt`` preview of a job (a path), or None."""

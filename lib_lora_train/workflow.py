@@ -59,14 +59,12 @@ def check_adapter_name_free(home, output_root, name):
     Raises:
         AdapterNameInUseError
     """
-    from .registry import AdapterNameInUseError, AdapterNotFoundError
+    from .registry import AdapterNameInUseError
 
     with Registry(home) as registry:
-        try:
-            record = registry.get(name)
-        except AdapterNotFoundError:
-            record = None
-    if record is not None and record.status in ("active", "deleting"):
+        live = [r.name for r in registry.list() if r.status in ("active", "deleting")]
+    # Case-insensitive, as on Windows and macOS file systems, where "Chest" and "chest" share one file.
+    if name.casefold() in {other.casefold() for other in live}:
         raise AdapterNameInUseError(f"an adapter named {name!r} already exists; choose another name or delete it "
                                     "first")
     if (pathlib.Path(output_root) / name).exists():

@@ -204,3 +204,26 @@ def test_a_failure_after_export_keeps_the_registered_adapter_folder(tmp_path):
                             after_register=fail_publishing)
     assert manager.wait(job_id, TIMEOUT).state == "failed"
     assert (folder / "chest_v1.safetensors").exists()
+
+
+def test_dataset_users_and_busy_count_waiting_and_running_jobs_only(tmp_path):
+    manager, gate = JobManager(), threading.Event()
+    assert not manager.busy()
+    first = manager.submit(lambda: FakeTrainer(gate=gate), actor="a", dataset_dir=tmp_path / "ds-1")
+    manager.submit(lambda: FakeTrainer(), actor="a", dataset_dir=tmp_path / "ds-1")
+    manager.submit(lambda: FakeTrainer(), actor="a", dataset_dir=tmp_path / "ds-2")
+    assert manager.busy() and manager.dataset_users(tmp_path / "ds-1") == 2
+    gate.set()
+    manager.wait(first, TIMEOUT)
+    for status in manager.jobs():
+        manager.wait(status.job_id, TIMEOUT)
+    assert manager.dataset_users(tmp_path / "ds-1") == 0 and not manager.busy()
+
+
+def test_names_are_reserved_regardless_of_case():
+    """On Windows and macOS "Chest" and "chest" are one file."""
+    manager, gate = JobManager(), threading.Event()
+    manager.submit(lambda: FakeTrainer(gate=gate), actor="a", name="Chest_v1")
+    with pytest.raises(JobBusyError, match="already waiting or running"):
+        manager.submit(lambda: FakeTrainer(), actor="b", name="chest_V1")
+    gate.set()

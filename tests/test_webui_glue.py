@@ -195,11 +195,13 @@ def test_the_preview_waits_for_a_running_job_then_says_the_model_is_busy(webui, 
         with generate.held(lock):
             pass
     with pytest.raises(ConfigError, match="the model is busy"):
-        WebUIPreview(modules)("a ct scan", 1)
+        WebUIPreview(modules, training_busy=lambda: True)("a ct scan", 1)
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_the_keep_datasets_setting_decides_whether_training_data_stays(webui, tmp_path, monkeypatch, keep):
+@pytest.mark.parametrize("keep, users, stays", [(True, 1, True), (False, 1, False), (False, 2, True)])
+def test_the_keep_datasets_setting_decides_whether_training_data_stays(webui, tmp_path, monkeypatch, keep, users,
+                                                                       stays):
+    """Off, the dataset goes once registered, unless another waiting job still trains on it."""
     from lib_lora_train.dicom.pseudonym import Pseudonymizer
     from lib_lora_train.registry import Registry
     from lib_lora_train.webui import app
@@ -217,5 +219,54 @@ def test_the_keep_datasets_setting_decides_whether_training_data_stays(webui, tm
     exported = write_adapter(state.home.adapters_dir / "chest", "chest")
     with Registry(state.home) as registry:
         record = register(registry, exported, manifest, folder)
+    monkeypatch.setattr(state.jobs, "dataset_users", lambda path: users if str(path) == str(folder) else 0)
     state.after_register(exported, record)
-    assert published == ["chest"] and folder.exists() == keep
+    assert published == ["chest"] and folder.exists() == stays
+
+
+def test_the_preview_waits_for_an_ordinary_generation(webui, monkeypatch):
+    """Only a training job makes the preview give up; a generation ahead of it is waited for."""
+    import threading
+    import time
+
+    from lib_lora_train.webui.extension import WebUIPreview
+    from lib_lora_train.ui import generate
+
+    shared, _ = webui
+    lock = importlib.import_module("modules.call_queue").FIFOLock()
+    lock.acquire()
+    rendered = []
+
+    class Txt2Img:
+        def __init__(self, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    modules = types.SimpleNamespace(
+        shared=shared, call_queue=types.SimpleNamespace(queue_lock=lock),
+        processing=types.SimpleNamespace(StableDiffusionProcessingTxt2Img=Txt2Img,
+                                         process_images=lambda p: types.SimpleNamespace(images=["image"])))
+    preview = WebUIPreview(modules, training_busy=lambda: False)
+    monkeypatch.setattr(generate, "LOCK_WAIT_S", 0.2)
+    waiting = threading.Thread(target=lambda: rendered.append(preview("a ct scan", 1)))
+    waiting.start()
+    time.sleep(1.0)  # a generation runs longer than the training wait
+    assert waiting.is_alive() and rendered == []
+    lock.release()
+    waiting.join(timeout=10)
+    assert rendered == ["image"]
+
+
+def test_the_api_follows_the_access_settings_after_a_ui_reload(webui, tmp_path, monkeypatch):
+    shared, _ = webui
+    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
+    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
+    monkeypatch.setitem(shared.opts.data, "medical_lora_api_local_without_auth", True)
+    extension = shared.extension
+    assert extension.state.auth.allow_unauthenticated_local
+    monkeypatch.setitem(shared.opts.data, "medical_lora_api_local_without_auth", False)
+    monkeypatch.setitem(shared.opts.data, "medical_lora_delete_users", "dpo")
+    extension.ui_context()  # what "Reload UI" runs
+    assert not extension.state.auth.allow_unauthenticated_local and extension.state.auth.delete_users == ("dpo",)

@@ -90,7 +90,7 @@ def build_router(app_state):
             config = _job_config(state, body)
             job_id = state.jobs.submit(lambda: state.make_trainer(config), actor=user, lock=state.lock,
                                        after_register=state.after_register, name=config.name,
-                                       output_dir=config.output_dir)
+                                       output_dir=config.output_dir, dataset_dir=config.train_data_dir)
         except LoraTrainError as exc:
             raise fail(exc) from None
         return {"job_id": job_id}

@@ -18,6 +18,7 @@ import pathlib
 import re
 import secrets
 import shutil
+import threading
 import time
 
 from ..errors import CaptionPHIError, InputError
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 UPLOAD_PREFIX = "ui-"
 UPLOAD_ID = re.compile(r"ui-[0-9a-f]{16}")
 UPLOAD_MAX_AGE_S = 24 * 3600
+DATASET_LINK = "dataset.id"  # in an upload folder: the dataset its files were prepared into
+# Uploads into one folder are numbered on from what is there; one at a time keeps the numbers unique.
+_TAKING = threading.Lock()
 THUMBNAIL_SIDE = 160
 
 
@@ -71,12 +75,13 @@ def take_uploads(home, files, upload_id=None):
         raise InputError("no file was uploaded: choose DICOM files, a folder or a .zip first", code="no_input")
     upload_id = upload_id or UPLOAD_PREFIX + secrets.token_hex(8)
     folder = upload_folder(home, upload_id)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    first = len(list(folder.glob("*.upload"))) + 1
-    for position, (item, path) in enumerate(zip(items, paths), start=first):
-        shutil.move(str(path), folder / f"{position:04d}.upload")
-        _remove_empty_parent(path)
-        _remove_other_gradio_copies(item, temp_root=path.parent.parent)
+    with _TAKING:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        first = len(list(folder.glob("*.upload"))) + 1
+        for position, (item, path) in enumerate(zip(items, paths), start=first):
+            shutil.move(str(path), folder / f"{position:04d}.upload")
+            _remove_empty_parent(path)
+            _remove_other_gradio_copies(item, temp_root=path.parent.parent)
     logger.info("%d uploaded file(s) moved into the data home (%s)", len(paths), upload_id)
     return upload_id
 
@@ -136,17 +141,21 @@ def upload_folder(home, upload_id):
     return home.root / "uploads" / upload_id
 
 
-def prepare_uploads(home, upload_id, ingest_config, *, actor, dataset_id=None):
-    """Prepare (or re-prepare with new options) the kept uploads into one dataset.
+def prepare_uploads(home, upload_id, ingest_config, *, actor):
+    """Prepare (or re-prepare with new options) the kept uploads into their one dataset.
 
-    The same files, site key and options give the same pseudonyms and images, so a re-run with
-    another window only changes what the window changes; caption edits are replaced.
+    An upload is linked to its dataset on the first prepare (``dataset.id`` in the upload
+    folder), so a re-prepare can only ever replace the dataset made from the same files, never
+    one that another upload or a training job uses; the page cannot choose it. The same files,
+    site key and options give the same pseudonyms and images, so a re-run with another window
+    only changes what the window changes; caption edits are replaced.
 
     Returns:
         `PreparedView`
     """
     from ..dataset.prepare import new_dataset_id
     from ..dicom.pseudonym import Pseudonymizer, load_or_create_site_key
+    from ..fileio import write_text_atomic
     from ..workflow import ingest
 
     folder = upload_folder(home, upload_id)
@@ -154,10 +163,12 @@ def prepare_uploads(home, upload_id, ingest_config, *, actor, dataset_id=None):
     if not inputs:
         raise InputError("the uploaded files are gone (erased after training or discarded); upload them again",
                          code="no_input")
-    dataset_id = dataset_id or new_dataset_id()
+    link = folder / DATASET_LINK
+    dataset_id = link.read_text().strip() if link.is_file() else new_dataset_id()
     pseudonymizer = Pseudonymizer(load_or_create_site_key(home.site_key_path))
     result = ingest(home, inputs, home.datasets_dir / dataset_id, ingest_config, pseudonymizer, actor=actor,
-                    overwrite=True, dataset_id=dataset_id)
+                    overwrite=link.is_file(), dataset_id=dataset_id)
+    write_text_atomic(link, dataset_id)
     return PreparedView(upload_id, result.dataset_id, result.report, read_captions(result.output_dir))
 
 

@@ -21,8 +21,8 @@ BUSY = "the model is busy (a training job is running); generate again when the j
 
 @contextlib.contextmanager
 def held(lock, wait_s=None):
-    """Hold ``lock``, waiting at most ``wait_s`` (default :data:`LOCK_WAIT_S`); a clear error
-    instead of a frozen page."""
+    """Hold ``lock``, waiting at most ``wait_s`` (default :data:`LOCK_WAIT_S`, ``inf``: as long as
+    it takes); a clear error instead of a frozen page."""
     if not _acquire(lock, LOCK_WAIT_S if wait_s is None else wait_s):
         raise ConfigError(BUSY)
     try:
@@ -32,6 +32,8 @@ def held(lock, wait_s=None):
 
 
 def _acquire(lock, wait_s):
+    if wait_s == float("inf"):
+        return lock.acquire()  # blocking, in the lock's own order (the WebUI's FIFOLock is fair)
     try:
         return lock.acquire(timeout=wait_s)
     except TypeError:  # the WebUI's FIFOLock takes no timeout: try until the deadline

@@ -117,12 +117,14 @@ def serve(home, *, host=DEFAULT_HOST, port=DEFAULT_PORT, auth=None, base_model="
     """Start the app; returns ``(blocks, fastapi_app, url)`` (blocks until stopped when ``block``).
 
     Gradio keeps uploads under the client's file names in its temporary folder until the tab
-    takes them; that folder is placed in the data home (unless ``GRADIO_TEMP_DIR`` is set) and
+    takes them; unless ``GRADIO_TEMP_DIR`` is set, that folder is placed in the data home and
     emptied at every start, so such copies never outlive a crash outside the configured folders.
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    gradio_temp = home.ensure().root / "uploads" / "gradio"
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(gradio_temp))
+    own_temp = None
+    if not os.environ.get("GRADIO_TEMP_DIR"):  # a folder set by someone else is theirs: never emptied here
+        own_temp = home.ensure().root / "uploads" / "gradio"
+        os.environ["GRADIO_TEMP_DIR"] = str(own_temp)
     from ..api.routes import build_router
     from .datasets import sweep_folder, sweep_stale_uploads
     from .tab import build_app
@@ -130,7 +132,8 @@ def serve(home, *, host=DEFAULT_HOST, port=DEFAULT_PORT, auth=None, base_model="
     credentials = parse_auth(auth)
     context = build_context(home, credentials=credentials, base_model=base_model)
     sweep_stale_uploads(context.home)
-    sweep_folder(os.environ["GRADIO_TEMP_DIR"])
+    if own_temp is not None:
+        sweep_folder(own_temp)
     blocks = build_app(context)
     launch_auth = list(credentials.items()) or None
     app, local_url, _ = _queued(blocks).launch(server_name=host, server_port=port, auth=launch_auth,

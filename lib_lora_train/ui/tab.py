@@ -281,11 +281,12 @@ def _wire_data(gr, context, data, captions, train):
         return ["" if values[key] is None else values[key] for key in preset_keys]
 
     for component in (data.files, data.folder):
-        component.upload(_receiver(gr, context), [component, data.upload_id], [data.message, data.upload_id, component])
+        component.upload(_receiver(gr, context), [component, data.upload_id],
+                         [data.message, data.upload_id, data.dataset_id, component])
     prepare = _preparer(gr, context)
-    data.prepare.click(prepare, [data.upload_id, data.dataset_id, data.window, data.trigger, data.style],
+    data.prepare.click(prepare, [data.upload_id, data.window, data.trigger, data.style],
                        outputs).then(scaled, [train.preset, captions.table], preset_targets)
-    data.rerender.click(prepare, [data.upload_id, data.dataset_id, data.window, data.trigger, data.style], outputs)
+    data.rerender.click(prepare, [data.upload_id, data.window, data.trigger, data.style], outputs)
     data.discard.click(_discarder(gr, context), [data.upload_id], outputs)
     train.preset.change(scaled, [train.preset, captions.table], preset_targets)
 
@@ -295,19 +296,21 @@ def _receiver(gr, context):
     refused user) and empty the upload box, so their names do not stay on the page."""
     from .datasets import discard_gradio_files, take_uploads
 
-    @_guarded(lambda html: (html, gr.update(), None))
+    @_guarded(lambda html: (html, gr.update(), gr.update(), None))
     def receive(files, upload_id, request: gr.Request):
+        """A new upload starts a new dataset: the page forgets the previous one (which a job may use)."""
         files = files if isinstance(files, list) else [files]
         try:
             context.check_allowed(_user(request), "train")
         except AccessDeniedError:
             discard_gradio_files(files)
             raise
+        new_upload = not upload_id
         upload_id = take_uploads(context.home, files, upload_id or None)
         count = len(list(context.home.root.joinpath("uploads", upload_id).glob("*.upload")))
         note = (f"{count} file(s) received and kept in the data home (named by position). Choose the window, "
                 "then De-identify and prepare.")
-        return render.message(note, "info"), upload_id, None
+        return render.message(note, "info"), upload_id, "" if new_upload else gr.update(), None
 
     return receive
 
@@ -319,12 +322,11 @@ def _preparer(gr, context):
         return (message_html, gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
 
     @_guarded(keep)
-    def prepare(upload_id, dataset_id, window, trigger, style, request: gr.Request):
+    def prepare(upload_id, window, trigger, style, request: gr.Request):
         actor = context.check_allowed(_user(request), "train")
         if not upload_id:
             return keep(render.message("Upload DICOM files, a folder or a .zip first.", "error"))
-        view = prepare_uploads(context.home, upload_id, _ingest_config(context, window, trigger, style), actor=actor,
-                               dataset_id=dataset_id or None)
+        view = prepare_uploads(context.home, upload_id, _ingest_config(context, window, trigger, style), actor=actor)
         if not view.images:
             discard_uploads(context.home, upload_id)
             note = render.message("No file could be used (see the reasons below); the uploads were erased. Upload "
@@ -396,14 +398,16 @@ def _wire_train(gr, context, data, record, train, result, notices):
                 render.loss_curve(view.losses) + render.sample(view.sample),
                 render.result(view), name, render.notices(context.current_notices()))
 
-    @_guarded(lambda html: (html, gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()))
+    @_guarded(lambda html: (html, gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
+                            gr.update()))
     def start(values, request: gr.Request):
+        """The page lets go of the upload and the dataset: a new upload makes a new dataset."""
         records = {key: values[record[key]] for key in RECORD_KEYS}
         options = {field.key: values[component] for field, component in zip(train.fields, train.options)}
         context.check_allowed(_user(request), "train")
         config = build_config(context, values[data.dataset_id], records, options)
         job_id = start_training(context, config, user=_user(request), upload_id=values[data.upload_id])
-        return (render.message(f"Training job {job_id} started for {config.name}.", "ok"), job_id, "",
+        return (render.message(f"Training job {job_id} started for {config.name}.", "ok"), job_id, "", "",
                 *polled(job_id)[:2], "", "")
 
     @_guarded(lambda html: html)
@@ -413,8 +417,8 @@ def _wire_train(gr, context, data, record, train, result, notices):
                               "one step).", "info")
 
     train.start.click(start, {data.dataset_id, data.upload_id, *record_inputs, *train.options},
-                      [train.message, train.job_id, data.upload_id, train.progress, train.loss, result.result,
-                       result.adapter])
+                      [train.message, train.job_id, data.upload_id, data.dataset_id, train.progress, train.loss,
+                       result.result, result.adapter])
     train.cancel.click(cancel, [train.job_id], [train.message])
     train.poll.click(_guarded(lambda html: (html, gr.update(), gr.update(), gr.update(), gr.update()))(polled),
                      [train.job_id], poll_outputs)

@@ -211,7 +211,8 @@ def start_training(context, config, *, user, upload_id=None):
         raise ConfigError(context.training_refused)
     state = context.state
     job_id = state.jobs.submit(lambda: state.make_trainer(config), actor=actor, lock=state.lock,
-                               after_register=state.after_register, name=config.name, output_dir=config.output_dir)
+                               after_register=state.after_register, name=config.name, output_dir=config.output_dir,
+                               dataset_dir=config.train_data_dir)
     if upload_id:
         discard_uploads(context.home, upload_id)
     return job_id

@@ -51,7 +51,8 @@ def build_state(webui, jobs=None):
     return ApiState(home=home, jobs=jobs, make_trainer=lambda config: _trainer(config, home),
                     auth=auth, lock=webui.call_queue.queue_lock, delete_hooks=(hook,),
                     ingest_config=ingest_config_from_options(options),
-                    after_register=lambda exported, record: _after_register(webui, lora_dir, home, exported, record))
+                    after_register=lambda exported, record: _after_register(webui, lora_dir, home, jobs, exported,
+                                                                            record))
 
 
 def _trainer(config, home):
@@ -62,12 +63,15 @@ def _trainer(config, home):
     return LoRATrainer(config, home, host=WebUIHost.from_shared())
 
 
-def _after_register(webui, lora_dir, home, exported, record):
-    """Publish into the Lora folder; then, unless the settings keep them, erase the training data."""
+def _after_register(webui, lora_dir, home, jobs, exported, record):
+    """Publish into the Lora folder; then, unless the settings keep them, erase the training data
+    (once no other waiting job trains on it: the running job is the one user left)."""
     from ..settings import keep_datasets
 
     _publish(webui, lora_dir, exported)
-    if not keep_datasets(webui.shared.opts.data) and record.dataset_path:
+    if keep_datasets(webui.shared.opts.data) or not record.dataset_path:
+        return
+    if jobs.dataset_users(record.dataset_path) <= 1:
         from ..registry import Registry
 
         with Registry(home) as registry:

@@ -72,18 +72,20 @@ class WebUIExtension:
         return UiContext(state=self.state, host_name="forge" if refusal else "webui", auth_enabled=auth,
                          train_users=user_list(options, "medical_lora_train_users"),
                          delete_users=user_list(options, "medical_lora_delete_users"),
-                         generate=None if refusal else WebUIPreview(self.webui), training_refused=refusal,
+                         generate=None if refusal else WebUIPreview(self.webui, training_busy=self.state.jobs.busy),
+                         training_refused=refusal,
                          notices=lambda: list(self.startup_problems),
                          expiry_days=days_setting(options, "medical_lora_expiry_days"), training_previews=False)
 
     def _refresh_api_users(self, options):
-        """The API follows the allow-lists as the tab does, from each "Reload UI" on."""
+        """The API follows the access settings as the tab does, from each "Reload UI" on."""
         import dataclasses
 
-        from ..settings import user_list
+        from ..settings import api_local_without_auth, user_list
 
         self.state.auth = dataclasses.replace(self.state.auth, train_users=user_list(options, "medical_lora_train_users"),
-                                              delete_users=user_list(options, "medical_lora_delete_users"))
+                                              delete_users=user_list(options, "medical_lora_delete_users"),
+                                              allow_unauthenticated_local=api_local_without_auth(options))
 
     def app_started(self, demo, app):
         """``on_app_started`` callback: mount the API, start the maintenance sweep."""
@@ -101,14 +103,15 @@ class WebUIPreview:
     """Render a prompt with the WebUI's own txt2img, so ``<lora:NAME:w>`` goes through the
     built-in Lora extension exactly as in the user's next generation. Holds the queue lock."""
 
-    def __init__(self, webui, steps=PREVIEW_STEPS):
-        self.webui, self.steps = webui, steps
+    def __init__(self, webui, steps=PREVIEW_STEPS, training_busy=lambda: False):
+        self.webui, self.steps, self.training_busy = webui, steps, training_busy
 
     def __call__(self, prompt, seed, actor=None):
         from ..ui.generate import held
 
         shared = self.webui.shared
-        with held(self.webui.call_queue.queue_lock):
+        # Bounded only while training holds the queue for minutes; a generation ahead is waited for.
+        with held(self.webui.call_queue.queue_lock, None if self.training_busy() else float("inf")):
             shared.state.begin(job="medical_lora_preview")
             try:
                 return self._render(prompt, seed)

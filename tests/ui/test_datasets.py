@@ -49,7 +49,7 @@ def test_prepare_then_rerender_with_another_window_keeps_ids_and_names(home, gra
     before = {row[0]: (home.datasets_dir / first.dataset_id / row[0]).read_bytes() for row in first.rows}
     second = datasets.prepare_uploads(home, upload_id, IngestConfig(ocr="off", resolution=64, window="bone",
                                                                     trigger_word="ctchest"),
-                                      actor="alice", dataset_id=first.dataset_id)
+                                      actor="alice")
     assert second.dataset_id == first.dataset_id
     assert [row[0] for row in second.rows] == [row[0] for row in first.rows]  # same pseudonyms
     assert all(row[1].startswith("ctchest") and "bone window" in row[1] for row in second.rows)
@@ -57,6 +57,35 @@ def test_prepare_then_rerender_with_another_window_keeps_ids_and_names(home, gra
     assert after != before  # the bone window changed the pixels
     with Registry(home) as registry:
         assert [e["action"] for e in registry.audit.latest(10)].count("ingest") == 2
+
+
+def test_a_new_upload_never_replaces_another_uploads_dataset(home, gradio_uploads):
+    """The dataset of an upload is fixed by the server at its first prepare, whatever the page holds."""
+    first_upload = datasets.take_uploads(home, gradio_uploads[:2])
+    first = datasets.prepare_uploads(home, first_upload, IngestConfig(ocr="off", resolution=64), actor="alice")
+    manifest = (home.datasets_dir / first.dataset_id / "manifest.json").read_bytes()
+    second_upload = datasets.take_uploads(home, gradio_uploads[2:])
+    second = datasets.prepare_uploads(home, second_upload, IngestConfig(ocr="off", resolution=64), actor="alice")
+    assert second.dataset_id != first.dataset_id
+    assert (home.datasets_dir / first.dataset_id / "manifest.json").read_bytes() == manifest
+
+
+def test_uploads_arriving_at_once_keep_every_file(home, gradio_uploads, tmp_path):
+    import shutil
+    import threading
+
+    upload_id = datasets.take_uploads(home, gradio_uploads[:1])
+    copies = []
+    for n in range(40):
+        folder = tmp_path / "gradio-parallel" / f"{n:040x}"
+        folder.mkdir(parents=True)
+        copies.append(shutil.copy(gradio_uploads[1 + n % 3], folder / "scan.dcm"))
+    threads = [threading.Thread(target=datasets.take_uploads, args=(home, copies[i::4], upload_id)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(list(datasets.upload_folder(home, upload_id).glob("*.upload"))) == 41
 
 
 def test_discarded_uploads_cannot_be_prepared_again(home, gradio_uploads):

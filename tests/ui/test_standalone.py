@@ -42,3 +42,35 @@ def test_registry_problems_are_shown_at_start_up(home):
     (home.adapters_dir / "stray.safetensors").write_bytes(b"not registered")
     notes = standalone.startup_notices(home)
     assert notes == [note for note in notes if note.startswith("Registry check: orphan_file")] and len(notes) == 1
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_empties_only_its_own_temp_folder(home, tmp_path, monkeypatch):
+    """Gradio's temp folder inside the data home is emptied at start; one set by someone else is left alone."""
+    pytest.importorskip("gradio")
+    import httpx
+
+    theirs = tmp_path / "shared-temp"
+    theirs.mkdir()
+    (theirs / "someone_elses_file").write_bytes(b"keep me")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(theirs))
+    blocks, _, url = standalone.serve(home, port=_free_port(), block=False)
+    try:
+        assert httpx.get(url + "medical-lora/v1/adapters").status_code == 200  # local, no --auth
+    finally:
+        blocks.close()
+    assert (theirs / "someone_elses_file").exists()
+    ours = home.root / "uploads" / "gradio"
+    (ours / "abc").mkdir(parents=True)
+    (ours / "abc" / "Doe^John.dcm").write_bytes(b"left by a crash")
+    monkeypatch.delenv("GRADIO_TEMP_DIR")
+    blocks, _, _ = standalone.serve(home, port=_free_port(), block=False)
+    blocks.close()
+    assert ours.is_dir() and not list(ours.iterdir())

@@ -101,6 +101,8 @@ def test_train_from_the_tab_registers_the_adapter_and_erases_the_uploads(context
     assert fingerprint_modules(embedded_host.modules_to_fingerprint()) == base
     with pytest.raises(AdapterNameInUseError, match="already exists"):
         training.build_config(context, prepared.dataset_id, RECORD, FAST_OPTIONS)
+    with pytest.raises(AdapterNameInUseError, match="already exists"):  # one file on Windows and macOS
+        training.build_config(context, prepared.dataset_id, dict(RECORD, name="Chest_CT"), FAST_OPTIONS)
     without, with_adapter = training.before_after(context, "chest_ct", "CT scan of chest")
     assert without.size == with_adapter.size and np.asarray(without).tobytes() != np.asarray(with_adapter).tobytes()
     assert fingerprint_modules(embedded_host.modules_to_fingerprint()) == base
