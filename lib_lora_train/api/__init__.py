@@ -35,8 +35,10 @@ class AuthRefusedError(LoraTrainError, PermissionError):
         self.status_code, self.reason_code, self.user = status_code, reason_code, user
 
 
-def parse_credentials(text):
+def parse_credentials(text, option="--api-auth"):
     """Parse the WebUI's ``--api-auth`` form, ``"user:password,user2:password2"``.
+
+    ``option`` names the flag in error messages (the standalone app's is ``--auth``).
 
     Returns:
         `dict[str, str]`: user to password; empty for empty or None text.
@@ -52,7 +54,7 @@ def parse_credentials(text):
             continue
         user, sep, password = entry.partition(":")
         if not sep or not user.strip():
-            raise ConfigError(f"--api-auth entry {position} must be 'user:password' (entries separated by commas)")
+            raise ConfigError(f"{option} entry {position} must be 'user:password' (entries separated by commas)")
         credentials[user.strip()] = password
     return credentials
 

@@ -39,7 +39,7 @@ def parse_auth(value):
         if not path.is_file():
             raise ConfigError("--auth must be 'user:password' or the path of a file of such lines")
         value = ",".join(line.strip() for line in path.read_text().splitlines() if line.strip())
-    return parse_credentials(value)
+    return parse_credentials(value, option="--auth")
 
 
 class SharedHost:

@@ -17,7 +17,7 @@ def test_auth_from_the_command_line_and_from_a_file(tmp_path):
 def test_malformed_auth_never_echoes_a_password(tmp_path):
     with pytest.raises(ConfigError) as error:
         standalone.parse_auth("alice:pw1,:topsecret")
-    assert "topsecret" not in str(error.value)
+    assert "topsecret" not in str(error.value) and str(error.value).startswith("--auth entry 2")
     with pytest.raises(ConfigError, match="user:password"):
         standalone.parse_auth(str(tmp_path / "missing-file"))
 
