@@ -287,6 +287,8 @@ def _wire_data(gr, context, data, captions, train):
     data.prepare.click(prepare, [data.upload_id, data.window, data.trigger, data.style],
                        outputs).then(scaled, [train.preset, captions.table], preset_targets)
     data.rerender.click(prepare, [data.upload_id, data.window, data.trigger, data.style], outputs)
+    data.window.change(_rewindow(gr, prepare), [data.dataset_id, data.upload_id, data.window, data.trigger,
+                                                data.style], outputs)
     data.discard.click(_discarder(gr, context), [data.upload_id], outputs)
     train.preset.change(scaled, [train.preset, captions.table], preset_targets)
 
@@ -338,6 +340,16 @@ def _preparer(gr, context):
                 dict(view.rows)), view.rows, view.upload_id, view.dataset_id)
 
     return prepare
+
+
+def _rewindow(gr, prepare):
+    """Choosing another window re-renders a prepared dataset at once (before one exists: nothing)."""
+    def rewindow(dataset_id, upload_id, window, trigger, style, request: gr.Request):
+        if not (dataset_id and upload_id):
+            return (gr.update(),) * 6
+        return prepare(upload_id, window, trigger, style, request)
+
+    return rewindow
 
 
 def _discarder(gr, context):

@@ -160,6 +160,17 @@ def test_upload_shows_the_deidentified_gallery(page, phantoms):
     Shown.snap(page, "02_gallery")
 
 
+def test_choosing_another_window_re_renders_the_gallery(page):
+    before = page.locator("#medlora_gallery img").first.get_attribute("src")
+    page.locator("#medlora_window input").click()
+    page.locator("ul.options li, [role=option]").filter(has_text="bone").first.click()
+    page.wait_for_function("document.querySelector('#medlora_data_message').innerText.includes(\"window 'bone'\")")
+    page.wait_for_selector("#medlora_gallery img")
+    assert page.locator("#medlora_gallery img").first.get_attribute("src") != before
+    assert "bone window" in page.inner_text("#medlora_captions")
+    Shown.snap(page, "02b_bone_window")
+
+
 def test_no_upload_is_left_in_gradios_temp_folder(gradio_temp, phantoms):
     paths, _ = phantoms
     left = [path for path in gradio_temp.rglob("*") if path.is_file()]
