@@ -246,7 +246,7 @@ def _dataset_dir(home, dataset_id):
     return folder
 
 
-def forget_patient_by_id(state, patient_id, user):
+def forget_patient_by_id(state, patient_id, user, reason=FORGET_REASON):
     """Erase everything made from one patient (the id is hashed at once, never kept); the receipt."""
     from ..dicom.pseudonym import Pseudonymizer, load_or_create_site_key
     from ..registry import Registry, RegistryError
@@ -256,5 +256,5 @@ def forget_patient_by_id(state, patient_id, user):
                             "restore site.key from backup (a new key would find nothing)")
     pseudonymizer = Pseudonymizer(load_or_create_site_key(state.home.site_key_path))
     with Registry(state.home) as registry:
-        return registry.forget_patient(patient_id, pseudonymizer, actor=user, reason=FORGET_REASON,
+        return registry.forget_patient(patient_id, pseudonymizer, actor=user, reason=reason,
                                        hooks=state.delete_hooks)

@@ -81,7 +81,7 @@ def forget_patient(context, patient_id, *, user):
     patient_id = (patient_id or "").strip()
     if not patient_id:
         raise InputError("type the patient id (DICOM PatientID) to forget", code="no_patient")
-    return forget_patient_by_id(context.state, patient_id, actor)
+    return forget_patient_by_id(context.state, patient_id, actor, reason=FORGET_REASON)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,7 @@ def test_forget_patient_erases_the_adapter_without_keeping_the_id(trained):
     patient_id = PhantomPatient(1).patient_id
     receipt = adapters.forget_patient(context, patient_id, user="dpo")
     assert [entry["name"] for entry in receipt["adapters"]] == ["chest_ct"] and seen == ["chest_ct"]
+    assert receipt["reason"] == adapters.FORGET_REASON
     stored = [path.read_bytes() for path in context.home.root.rglob("*") if path.is_file()]
     assert not any(patient_id.encode() in data for data in stored)
     assert patient_id not in json.dumps(receipt)
