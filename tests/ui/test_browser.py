@@ -94,7 +94,8 @@ def page(server):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                      permissions=["clipboard-read", "clipboard-write"])
         tab = context.new_page()
         tab.set_default_timeout(60_000)
         Shown.listen(tab)
@@ -231,6 +232,12 @@ def test_training_shows_progress_and_registers_the_adapter(page):
     assert len(steps) >= 2, f"the progress bar never moved: {sorted(steps)}"
 
 
+def test_the_copy_button_puts_the_snippet_on_the_clipboard(page):
+    page.click("#medlora_result .medlora-copy")
+    page.wait_for_selector("#medlora_result .medlora-copy:has-text('Copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == f"<lora:{ADAPTER}:0.7>"
+
+
 def test_generate_with_the_adapter(page):
     page.click("#medlora_tab_generate-button, button:has-text('Generate')")
     page.fill("#medlora_gen_prompt textarea, #medlora_gen_prompt input", f"a ct scan <lora:{ADAPTER}:0.7>")
@@ -246,7 +253,8 @@ def test_delete_removes_the_adapter(page, server):
     row = page.locator(f'#medlora_adapters tr[data-name="{ADAPTER}"]')
     row.wait_for()
     page.once("dialog", lambda dialog: dialog.accept())
-    row.locator(".medlora-delete").click()
+    row.locator(".medlora-delete").focus()  # keyboard only: the Delete button is a real, focusable button
+    page.keyboard.press("Enter")
     page.wait_for_selector("#medlora_receipt .medlora-receipt")
     page.wait_for_function(f'!document.querySelector(\'#medlora_adapters tr[data-name="{ADAPTER}"]\')')
     assert not list(pathlib.Path(home).rglob(f"{ADAPTER}*.safetensors"))
