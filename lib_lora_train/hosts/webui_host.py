@@ -324,7 +324,10 @@ def forge_refusal():
 
 
 def _forge(sd_model, cmd_opts, opts):
-    if hasattr(sd_model, "forge_objects") or importlib.util.find_spec("modules.sd_hijack") is None:
+    # Forge ships ``modules_forge`` (and, in current releases, an empty ``modules/sd_hijack.py`` stub);
+    # its loaded model carries ``forge_objects``.
+    if (hasattr(sd_model, "forge_objects") or importlib.util.find_spec("modules_forge") is not None
+            or importlib.util.find_spec("modules.sd_hijack") is None):
         return ("in-process training is not available on Forge; ingest, registry and delete work. Train with "
                 "'python -m lib_lora_train train' outside the WebUI instead")
     return None

@@ -342,3 +342,14 @@ def test_changed_weights_and_a_switched_checkpoint_are_reported(webui, sd_model,
     webui.shared.sd_model = _build_sd_model(webui, embedded_host)
     with pytest.raises(ModelLoadError, match="another checkpoint"), host.prepared_for_training():
         pass
+
+
+def test_forge_is_recognised_before_any_model_is_loaded(tmp_path, monkeypatch):
+    """Current Forge keeps a stub ``modules/sd_hijack.py``; its ``modules_forge`` package tells it apart."""
+    from lib_lora_train.hosts.webui_host import forge_refusal
+
+    assert forge_refusal() is None  # the A1111 stand-in
+    (tmp_path / "modules_forge").mkdir()
+    (tmp_path / "modules_forge" / "forge_version.py").write_text("version = 'f2.0.1'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "not available on Forge" in forge_refusal()
