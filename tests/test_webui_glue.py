@@ -148,8 +148,6 @@ def test_start_up_problems_reach_the_tab(webui, tmp_path, monkeypatch):
 
 def test_the_preview_renders_through_the_webuis_txt2img_under_the_queue_lock(webui, monkeypatch):
     """The contract with ``processing.process_images``: one txt2img, not saved, lock and state held."""
-    import threading
-
     from lib_lora_train.webui.extension import WebUIPreview
 
     shared, _ = webui

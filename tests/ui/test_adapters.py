@@ -7,7 +7,6 @@ import pytest
 from lib_lora_train.config import IngestConfig
 from lib_lora_train.dicom.phantom import PhantomPatient
 from lib_lora_train.errors import InputError
-from lib_lora_train.registry import Registry
 from lib_lora_train.ui import adapters, datasets, training
 from lib_lora_train.ui.context import AccessDeniedError
 
