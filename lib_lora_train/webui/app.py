@@ -1,4 +1,5 @@
-"""Wire the REST API and the training jobs into a running WebUI (called once, at app start).
+"""The REST API's state and the start-up maintenance for a running WebUI (used by
+:class:`.extension.WebUIExtension`, once per process).
 
 Adapters are trained into the data home (``adapters/NAME/``) and then published into the
 WebUI's Lora folder as ``NAME.safetensors`` with its card sidecar: training outputs such as
