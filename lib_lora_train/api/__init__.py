@@ -12,11 +12,14 @@ Every refused request writes an ``auth_failed`` audit entry with a reason code.
 
 import dataclasses
 import ipaddress
+import re
 import secrets
 
 from ..errors import ConfigError, LoraTrainError
 
 LOCAL_HOSTS = ("127.0.0.1", "::1")
+# An offered user name is written to the audit log only if it is printable and short.
+AUDIT_ACTOR_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 NOT_CONFIGURED = ("API authentication is not configured; set --api-auth, or enable unauthenticated local access in "
                   "settings")
 
@@ -166,4 +169,4 @@ class ApiState:
     after_register: object = None
 
 
-__all__ = ["ApiAuth", "ApiState", "AuthRefusedError", "parse_credentials"]
+__all__ = ["AUDIT_ACTOR_PATTERN", "ApiAuth", "ApiState", "AuthRefusedError", "parse_credentials"]

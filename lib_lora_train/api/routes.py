@@ -18,13 +18,12 @@ import shutil
 from ..errors import ConfigError, InputError, LoraTrainError
 from ..jobs import JobBusyError
 from .uploads import UploadError, stream_files
-from . import AuthRefusedError
+from . import AUDIT_ACTOR_PATTERN, AuthRefusedError
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/medical-lora/v1"
 DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-AUDIT_ACTOR = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 # API body key -> TrainConfig key; the registry fields keep their names.
 JOB_KEYS = {
     "name": "name", "purpose": "purpose", "owner": "owner", "department": "department",
@@ -164,7 +163,7 @@ def _audit_refusal(home, exc, route):
     """Write ``auth_failed``; the actor is the offered user name when it is printable, else anonymous."""
     from ..registry import Registry
 
-    user = exc.user if exc.user and AUDIT_ACTOR.fullmatch(exc.user) else "anonymous"
+    user = exc.user if exc.user and AUDIT_ACTOR_PATTERN.fullmatch(exc.user) else "anonymous"
     try:
         with Registry(home) as registry:
             registry.audit.append("auth_failed", actor=user, target=route, outcome="refused",

@@ -65,6 +65,36 @@ class SharedHost:
         return DiffusersHost.from_single_file(self.base_model, cache)
 
 
+def login_checker(home, credentials):
+    """Gradio's sign-in as a function, so a failed sign-in is audited (``auth_failed``, reason
+    ``bad_credentials``, the offered user name when printable) like a refused API request.
+
+    Returns:
+        `Callable[[str, str], bool]`
+    """
+    from ..api import AUDIT_ACTOR_PATTERN, ApiAuth, AuthRefusedError
+
+    checker = ApiAuth(dict(credentials))
+
+    def check(username, password):
+        import base64
+
+        header = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        try:
+            checker.check(header, None)
+            return True
+        except AuthRefusedError as exc:
+            from ..registry import Registry
+
+            actor = username if username and AUDIT_ACTOR_PATTERN.fullmatch(username) else "anonymous"
+            with Registry(home) as registry:
+                registry.audit.append("auth_failed", actor=actor, target="ui:login", outcome="refused",
+                                      details={"reason_code": exc.reason_code})
+            return False
+
+    return check
+
+
 def build_context(home, *, credentials=None, base_model="embedded"):
     """The :class:`UiContext` of a standalone app (also used by the browser tests)."""
     from ..api import ApiAuth, ApiState
@@ -135,7 +165,7 @@ def serve(home, *, host=DEFAULT_HOST, port=DEFAULT_PORT, auth=None, base_model="
     if own_temp is not None:
         sweep_folder(own_temp)
     blocks = build_app(context)
-    launch_auth = list(credentials.items()) or None
+    launch_auth = login_checker(context.home, credentials) if credentials else None
     app, local_url, _ = _queued(blocks).launch(server_name=host, server_port=port, auth=launch_auth,
                                               prevent_thread_lock=True, show_api=False, inbrowser=False,
                                               quiet=True)

@@ -137,9 +137,17 @@ class Shown:
         page.on("response", on_response)
 
 
-def test_sign_in_is_required(server, page):
-    url, _, _ = server
+def test_sign_in_is_required_and_a_failed_one_is_audited(server, page):
+    import json
+
+    url, home, _ = server
     page.goto(url)
+    page.fill("input[type=text]", USER)
+    page.fill("input[type=password]", "wrong-password")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("text=/incorrect/i")
+    audit = [json.loads(line) for line in (home / "audit.jsonl").read_text().splitlines()]
+    assert any(e["action"] == "auth_failed" and e["actor"] == USER and e["target"] == "ui:login" for e in audit)
     page.fill("input[type=text]", USER)
     page.fill("input[type=password]", PASSWORD)
     page.keyboard.press("Enter")

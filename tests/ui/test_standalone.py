@@ -74,3 +74,17 @@ def test_serve_empties_only_its_own_temp_folder(home, tmp_path, monkeypatch):
     blocks, _, _ = standalone.serve(home, port=_free_port(), block=False)
     blocks.close()
     assert ours.is_dir() and not list(ours.iterdir())
+
+
+def test_a_failed_sign_in_is_audited_with_the_offered_name_only(home):
+    import json
+
+    check = standalone.login_checker(home, {"alice": "pw1"})
+    assert check("alice", "pw1")
+    assert not check("alice", "guess") and not check("mallory", "pw1") and not check("bad\nname", "x")
+    entries = [json.loads(line) for line in home.audit_log_path.read_text().splitlines()]
+    assert [(e["action"], e["actor"], e["target"], e["details"]["reason_code"]) for e in entries] == [
+        ("auth_failed", "alice", "ui:login", "bad_credentials"), ("auth_failed", "mallory", "ui:login",
+                                                                   "bad_credentials"),
+        ("auth_failed", "anonymous", "ui:login", "bad_credentials")]
+    assert "guess" not in home.audit_log_path.read_text()
