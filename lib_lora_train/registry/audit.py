@@ -222,8 +222,8 @@ class AuditLog:
         check_details(details)
         anonymous = actor in (None, "", ANONYMOUS)
         if anonymous:
-            logger.warning("audit: %s by an anonymous user; access control is off (enable WebUI authentication)",
-                           action)
+            logger.warning("audit: %s by an anonymous user; access control is off (sign-in: --gradio-auth in the "
+                           "WebUI, --auth standalone)", action)
         elif not isinstance(actor, str) or not _ACTOR.fullmatch(actor):
             raise ValueError("audit actor must be a user name of 1-128 printable characters")
         return {"v": FORMAT_VERSION, "time": _utc_now(), "actor": ANONYMOUS if anonymous else actor,
