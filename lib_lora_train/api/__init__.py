@@ -12,12 +12,15 @@ Every refused request writes an ``auth_failed`` audit entry with a reason code.
 
 import dataclasses
 import ipaddress
+import logging
 import re
 import secrets
 
 from ..errors import ConfigError, LoraTrainError
 
 LOCAL_HOSTS = ("127.0.0.1", "::1")
+logger = logging.getLogger(__name__)
+
 # An offered user name is written to the audit log only if it is printable and short.
 AUDIT_ACTOR_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 NOT_CONFIGURED = ("API authentication is not configured; set --api-auth, or enable unauthenticated local access in "
@@ -107,12 +110,37 @@ class ApiAuth:
         user, password = _basic_credentials(authorization)
         if user is None:
             raise AuthRefusedError("credentials required (HTTP Basic)", 401, "missing_credentials")
+        return self.verify(user, password)
+
+    def verify(self, user, password):
+        """Return ``user`` if the password is theirs (also the standalone app's sign-in).
+
+        Raises:
+            AuthRefusedError: 401, ``bad_credentials``.
+        """
         expected = self.credentials.get(user)
         # Compare against a dummy for unknown users too, so timing does not reveal user names.
         match = secrets.compare_digest(password.encode(), (expected if expected is not None else "\0").encode())
         if expected is None or not match:
             raise AuthRefusedError("invalid user name or password", 401, "bad_credentials", user)
         return user
+
+
+def audit_refusal(home, user, target, reason_code):
+    """Write one ``auth_failed`` entry for a refused request, tab action or sign-in.
+
+    The actor is the offered user name when it is printable, else ``anonymous``. Never raises:
+    the refusal is answered even when the log cannot be written (that is logged as an error).
+    """
+    from ..registry import Registry
+
+    actor = user if user and AUDIT_ACTOR_PATTERN.fullmatch(user) else "anonymous"
+    try:
+        with Registry(home) as registry:
+            registry.audit.append("auth_failed", actor=actor, target=target, outcome="refused",
+                                  details={"reason_code": reason_code})
+    except (LoraTrainError, OSError, ValueError) as error:
+        logger.error("could not write the auth_failed audit entry (%s)", type(error).__name__)
 
 
 def _basic_credentials(authorization):
@@ -169,4 +197,4 @@ class ApiState:
     after_register: object = None
 
 
-__all__ = ["AUDIT_ACTOR_PATTERN", "ApiAuth", "ApiState", "AuthRefusedError", "parse_credentials"]
+__all__ = ["AUDIT_ACTOR_PATTERN", "ApiAuth", "ApiState", "AuthRefusedError", "audit_refusal", "parse_credentials"]

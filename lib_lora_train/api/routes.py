@@ -18,7 +18,7 @@ import shutil
 from ..errors import ConfigError, InputError, LoraTrainError
 from ..jobs import JobBusyError
 from .uploads import UploadError, stream_files
-from . import AUDIT_ACTOR_PATTERN, AuthRefusedError
+from . import AuthRefusedError, audit_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -160,16 +160,7 @@ def _status_for(exc):
 
 
 def _audit_refusal(home, exc, route):
-    """Write ``auth_failed``; the actor is the offered user name when it is printable, else anonymous."""
-    from ..registry import Registry
-
-    user = exc.user if exc.user and AUDIT_ACTOR_PATTERN.fullmatch(exc.user) else "anonymous"
-    try:
-        with Registry(home) as registry:
-            registry.audit.append("auth_failed", actor=user, target=route, outcome="refused",
-                                  details={"reason_code": exc.reason_code})
-    except (LoraTrainError, OSError, ValueError) as error:
-        logger.error("could not write the auth_failed audit entry (%s)", type(error).__name__)
+    audit_refusal(home, exc.user, route, exc.reason_code)
     logger.warning("API request to %s refused (%s)", route, exc.reason_code)
 
 

@@ -61,17 +61,12 @@ class UiContext:
         allowed = {"train": self.train_users, "delete": self.delete_users}[action]
         actor = self.actor(user)
         if allowed and actor not in allowed:
-            self._audit_refusal(actor, action)
+            from ..api import audit_refusal
+
+            audit_refusal(self.home, actor, f"tab:{action}", "not_allowed")
             raise AccessDeniedError(f"user {actor!r} may not {action} here: not in the allowed list for "
                                     f"{'training' if action == 'train' else 'deletion'} (Settings > Medical LoRA)")
         return actor
-
-    def _audit_refusal(self, actor, action):
-        from ..registry import Registry
-
-        with Registry(self.home) as registry:
-            registry.audit.append("auth_failed", actor=actor, target=f"tab:{action}", outcome="refused",
-                                  details={"reason_code": "not_allowed"})
 
     def current_notices(self):
         """Start-up problems to show at the top of the tab; never raises."""

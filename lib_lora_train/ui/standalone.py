@@ -72,24 +72,16 @@ def login_checker(home, credentials):
     Returns:
         `Callable[[str, str], bool]`
     """
-    from ..api import AUDIT_ACTOR_PATTERN, ApiAuth, AuthRefusedError
+    from ..api import ApiAuth, AuthRefusedError, audit_refusal
 
     checker = ApiAuth(dict(credentials))
 
     def check(username, password):
-        import base64
-
-        header = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
         try:
-            checker.check(header, None)
+            checker.verify(username, password)
             return True
         except AuthRefusedError as exc:
-            from ..registry import Registry
-
-            actor = username if username and AUDIT_ACTOR_PATTERN.fullmatch(username) else "anonymous"
-            with Registry(home) as registry:
-                registry.audit.append("auth_failed", actor=actor, target="ui:login", outcome="refused",
-                                      details={"reason_code": exc.reason_code})
+            audit_refusal(home, username, "ui:login", exc.reason_code)
             return False
 
     return check
