@@ -191,13 +191,18 @@ def _write_caption_screen(staging, identifiers, pseudonymizer):
     write_text_atomic(staging / SCREEN_FILE, hashed.to_json())
 
 
+def metadata_csv(rows):
+    """The text of ``metadata.csv`` (Hugging Face ``imagefolder``) for ``[file_name, caption]`` rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file_name", "text"])
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def _write_index_files(staging, images, manifest, report, captions):
     if captions:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["file_name", "text"])
-        writer.writerows([image.file_name, image.caption] for image in images)
-        write_text_atomic(staging / "metadata.csv", buffer.getvalue())
+        write_text_atomic(staging / "metadata.csv", metadata_csv([image.file_name, image.caption] for image in images))
     write_json_atomic(staging / "manifest.json", manifest)
     write_json_atomic(staging / "report.json", report)
 

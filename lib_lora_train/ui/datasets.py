@@ -11,7 +11,6 @@ erased when training starts, when the user discards them, or by the start-up swe
 
 import csv
 import dataclasses
-import io
 import logging
 import os
 import pathlib
@@ -238,10 +237,11 @@ def save_captions(home, dataset_id, edited_rows, *, actor):
     Returns:
         `CaptionEditResult`
     """
+    from ..dataset.phi_hashes import screen_caption_edit
+    from ..dataset.prepare import metadata_csv
     from ..dicom.pseudonym import load_or_create_site_key
     from ..fileio import write_text_atomic
     from ..registry import Registry
-    from ..dataset.phi_hashes import screen_caption_edit
 
     folder = dataset_folder(home, dataset_id)
     current = read_captions(folder)
@@ -260,7 +260,7 @@ def save_captions(home, dataset_id, edited_rows, *, actor):
                 changed += 1
         rows.append([file_name, new])
     if changed:
-        write_text_atomic(folder / "metadata.csv", _metadata_csv(rows))
+        write_text_atomic(folder / "metadata.csv", metadata_csv(rows))
     with Registry(home) as registry:
         registry.audit.append("caption_edit", actor=actor, target=dataset_id,
                               outcome="refused" if refused and not changed else "ok",
@@ -283,14 +283,6 @@ def _edits_by_file(edited_rows, current):
                              code="empty_caption")
         edits[file_name] = caption
     return edits
-
-
-def _metadata_csv(rows):
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file_name", "text"])
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def thumbnails(home, dataset_id, limit=64):

@@ -56,17 +56,21 @@ def dataset_summary(report):
     return f'<div class="medlora-summary" data-dataset-id="{_e(report.get("dataset_id", ""))}">' + "".join(parts) + "</div>"
 
 
+def _tile(png, alt, caption=None, extra_class="", lazy=False):
+    """One inline PNG in a ``<figure>``; the caption is the alt text unless given."""
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    loading = ' loading="lazy"' if lazy else ""
+    return (f'<figure class="medlora-tile {extra_class}"><img src="{uri}" alt="{_e(alt)}"{loading}>'
+            f"<figcaption>{_e(alt if caption is None else caption)}</figcaption></figure>")
+
+
 def gallery(thumbnails, captions=None):
     """Thumbnails as ``<figure>`` tiles with inline PNGs; ``captions`` maps file name to text."""
     if not thumbnails:
         return '<div class="medlora-gallery medlora-empty">No images yet.</div>'
     captions = captions or {}
-    tiles = []
-    for file_name, data in thumbnails:
-        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        caption = captions.get(file_name, "")
-        tiles.append(f'<figure class="medlora-tile"><img src="{uri}" alt="{_e(caption or file_name)}" '
-                     f'loading="lazy"><figcaption>{_e(file_name.rsplit("/", 1)[-1])}</figcaption></figure>')
+    tiles = [_tile(data, captions.get(file_name) or file_name, file_name.rsplit("/", 1)[-1], lazy=True)
+             for file_name, data in thumbnails]
     return f'<div class="medlora-gallery" aria-label="de-identified images">{"".join(tiles)}</div>'
 
 
@@ -130,12 +134,6 @@ def loss_curve(losses, width=480, height=160):
             f'<polyline class="medlora-loss-mean" fill="none" points="{points(mean)}"/></svg>')
 
 
-def _tile(png, label, extra_class=""):
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return (f'<figure class="medlora-tile {extra_class}"><img src="{uri}" alt="{_e(label)}">'
-            f"<figcaption>{_e(label)}</figcaption></figure>")
-
-
 def before_after(without_png, with_png, snippet):
     """The result's preview: the same prompt and seed without and with the adapter."""
     return ('<div class="medlora-gallery medlora-previews">' + _tile(without_png, "without the adapter") +
@@ -144,7 +142,7 @@ def before_after(without_png, with_png, snippet):
 
 def generated(png, prompt):
     """One image of the standalone generate panel, captioned with its prompt."""
-    return _tile(png, prompt, "medlora-generated")
+    return _tile(png, prompt, extra_class="medlora-generated")
 
 
 def sample(path):
@@ -155,7 +153,7 @@ def sample(path):
         data = path.read_bytes()
     except OSError:  # erased meanwhile
         return ""
-    return _tile(data, "training preview, " + path.stem.replace("_", " "), "medlora-sample")
+    return _tile(data, "training preview, " + path.stem.replace("_", " "), extra_class="medlora-sample")
 
 
 def result(view):

@@ -52,3 +52,11 @@ def test_the_result_offers_the_exact_snippet_to_copy():
 
     html = render.result(View)
     assert 'data-copy="&lt;lora:chest_ct:0.7&gt;"' in html and "75.2 KB" in html and "2027-06-30" in html
+
+
+def test_image_tiles_carry_their_caption_and_class():
+    html = render.generated(b"png", "a ct scan <lora:x:0.7>")
+    assert 'class="medlora-tile medlora-generated"' in html
+    assert "<figcaption>a ct scan &lt;lora:x:0.7&gt;</figcaption>" in html
+    tile = render.gallery([("images/ab12.png", b"png")], {"images/ab12.png": "CT scan of chest"})
+    assert 'alt="CT scan of chest" loading="lazy"' in tile and "<figcaption>ab12.png</figcaption>" in tile
