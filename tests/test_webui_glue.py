@@ -15,8 +15,9 @@ STANDIN = ROOT / "tests" / "webui_standin"
 
 
 @pytest.fixture
-def webui(monkeypatch):
-    """Load scripts/medical_lora.py the way the WebUI does, against the stand-in modules."""
+def webui(monkeypatch, tmp_path):
+    """Load scripts/medical_lora.py the way the WebUI does, against the stand-in modules, with the
+    Lora folder and the data home in ``tmp_path`` (``Lora/``, ``home/``)."""
     for name in [n for n in sys.modules if n == "modules" or n.startswith("modules.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(STANDIN))
@@ -26,6 +27,8 @@ def webui(monkeypatch):
         monkeypatch.setitem(sys.modules, "gradio", fake_gradio)
     gradio = importlib.import_module("gradio")
     shared = importlib.import_module("modules.shared")
+    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
+    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
     callbacks = importlib.import_module("modules.script_callbacks")
     monkeypatch.setattr(callbacks, "callbacks_app_started", [])
     monkeypatch.setattr(callbacks, "callbacks_ui_tabs", [])
@@ -93,9 +96,7 @@ def test_app_start_mounts_the_api_with_webui_credentials(webui, tmp_path, monkey
 
     shared, _ = webui
     callbacks = importlib.import_module("modules.script_callbacks")
-    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
     monkeypatch.setattr(shared.cmd_opts, "api_auth", "dpo:s3cret")
-    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
     monkeypatch.setitem(shared.opts.data, "medical_lora_delete_users", "dpo")
     app = FastAPI()
     callbacks.app_started_callback(None, app)
@@ -107,15 +108,13 @@ def test_app_start_mounts_the_api_with_webui_credentials(webui, tmp_path, monkey
     assert (tmp_path / "home" / "audit.jsonl").is_file()  # the refusals were audited in the configured home
 
 
-def test_the_tab_and_the_api_share_one_job_queue(webui, tmp_path, monkeypatch):
+def test_the_tab_and_the_api_share_one_job_queue(webui, monkeypatch):
     pytest.importorskip("gradio")
     pytest.importorskip("fastapi")
     from fastapi import FastAPI
 
     shared, _ = webui
     callbacks = importlib.import_module("modules.script_callbacks")
-    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
-    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
     monkeypatch.setitem(shared.opts.data, "medical_lora_train_users", "alice, bob")
     [(blocks, title, elem_id)] = callbacks.ui_tabs_callback()
     assert (title, elem_id) == ("Medical LoRA", "medical_lora")
@@ -131,10 +130,8 @@ def test_the_tab_and_the_api_share_one_job_queue(webui, tmp_path, monkeypatch):
     assert shared.extension.state.jobs is context.state.jobs
 
 
-def test_start_up_problems_reach_the_tab(webui, tmp_path, monkeypatch):
+def test_start_up_problems_reach_the_tab(webui):
     shared, _ = webui
-    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
-    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
     extension = shared.extension
     home = extension.state.home
     home.adapters_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +143,7 @@ def test_start_up_problems_reach_the_tab(webui, tmp_path, monkeypatch):
     assert any(note.startswith("Registry check: orphan_file") for note in notes), notes
 
 
-def test_the_preview_renders_through_the_webuis_txt2img_under_the_queue_lock(webui, monkeypatch):
+def test_the_preview_renders_through_the_webuis_txt2img_under_the_queue_lock(webui):
     """The contract with ``processing.process_images``: one txt2img, not saved, lock and state held."""
     from lib_lora_train.webui.extension import WebUIPreview
 
@@ -197,7 +194,7 @@ def test_the_preview_waits_for_a_running_job_then_says_the_model_is_busy(webui, 
 
 
 @pytest.mark.parametrize("keep, users, stays", [(True, 1, True), (False, 1, False), (False, 2, True)])
-def test_the_keep_datasets_setting_decides_whether_training_data_stays(webui, tmp_path, monkeypatch, keep, users,
+def test_the_keep_datasets_setting_decides_whether_training_data_stays(webui, monkeypatch, keep, users,
                                                                        stays):
     """Off, the dataset goes once registered, unless another waiting job still trains on it."""
     from lib_lora_train.dicom.pseudonym import Pseudonymizer
@@ -206,8 +203,6 @@ def test_the_keep_datasets_setting_decides_whether_training_data_stays(webui, tm
     from tests.registry.conftest import register, write_adapter, write_dataset
 
     shared, _ = webui
-    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
-    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
     monkeypatch.setitem(shared.opts.data, "medical_lora_keep_datasets", keep)
     published = []
     monkeypatch.setattr(app, "_publish", lambda webui, lora_dir, exported: published.append(exported.name))
@@ -257,10 +252,8 @@ def test_the_preview_waits_for_an_ordinary_generation(webui, monkeypatch):
     assert rendered == ["image"]
 
 
-def test_the_api_follows_the_access_settings_after_a_ui_reload(webui, tmp_path, monkeypatch):
+def test_the_api_follows_the_access_settings_after_a_ui_reload(webui, monkeypatch):
     shared, _ = webui
-    monkeypatch.setattr(shared.cmd_opts, "lora_dir", str(tmp_path / "Lora"))
-    monkeypatch.setitem(shared.opts.data, "medical_lora_home", str(tmp_path / "home"))
     monkeypatch.setitem(shared.opts.data, "medical_lora_api_local_without_auth", True)
     extension = shared.extension
     assert extension.state.auth.allow_unauthenticated_local
