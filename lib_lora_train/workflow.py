@@ -35,6 +35,19 @@ def ingest(home, inputs, output_dir, config, pseudonymizer, *, actor, overwrite=
     return result
 
 
+def forget_patient(home, patient_id, *, actor, reason, hooks=()):
+    """Erase everything made from one patient (the id is hashed at once, never kept); the receipt.
+
+    Raises:
+        RegistryError: no site key in the data home (see ``registry.site_pseudonymizer``).
+    """
+    from .registry import site_pseudonymizer
+
+    pseudonymizer = site_pseudonymizer(home)
+    with Registry(home) as registry:
+        return registry.forget_patient(patient_id, pseudonymizer, actor=actor, reason=reason, hooks=hooks)
+
+
 def check_registry_fields(config):
     """Fail before training, not after, when the registry record would be incomplete.
 

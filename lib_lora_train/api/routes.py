@@ -11,11 +11,11 @@ allowed, 404 unknown, 409 busy. Responses never hold client file names or patien
 
 import logging
 import pathlib
-import re
 import secrets
 import shutil
 
 from ..errors import ConfigError, InputError, LoraTrainError
+from ..naming import DATASET_ID_PATTERN
 from ..jobs import JobBusyError
 from .uploads import UploadError, stream_files
 from . import AuthRefusedError, audit_refusal
@@ -23,7 +23,6 @@ from . import AuthRefusedError, audit_refusal
 logger = logging.getLogger(__name__)
 
 PREFIX = "/medical-lora/v1"
-DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # API body key -> TrainConfig key; the registry fields keep their names.
 JOB_KEYS = {
     "name": "name", "purpose": "purpose", "owner": "owner", "department": "department",
@@ -140,11 +139,17 @@ def build_router(app_state):
         if not isinstance(patient_id, str) or not patient_id.strip() or set(body) - {"patient_id"}:
             raise HTTPException(400, "the body must be {\"patient_id\": \"<PatientID>\"} with a non-empty string")
         try:
-            return await run_in_threadpool(forget_patient_by_id, state, patient_id.strip(), user)
+            return await run_in_threadpool(_forget_patient, state, patient_id.strip(), user)
         except LoraTrainError as exc:
             raise fail(exc) from None
 
     return router
+
+
+def _forget_patient(state, patient_id, user):
+    from ..workflow import forget_patient
+
+    return forget_patient(state.home, patient_id, actor=user, reason=FORGET_REASON, hooks=state.delete_hooks)
 
 
 def _status_for(exc):
@@ -228,23 +233,9 @@ class DatasetNotFoundError(LoraTrainError, LookupError):
 
 
 def _dataset_dir(home, dataset_id):
-    if not isinstance(dataset_id, str) or not DATASET_ID.fullmatch(dataset_id):
+    if not isinstance(dataset_id, str) or not DATASET_ID_PATTERN.fullmatch(dataset_id):
         raise ConfigError("dataset_id is required: the id returned by POST /datasets")
     folder = home.datasets_dir / dataset_id
     if not (folder / "manifest.json").is_file():
         raise DatasetNotFoundError(f"no dataset {dataset_id!r}; upload DICOMs with POST /datasets first")
     return folder
-
-
-def forget_patient_by_id(state, patient_id, user, reason=FORGET_REASON):
-    """Erase everything made from one patient (the id is hashed at once, never kept); the receipt."""
-    from ..dicom.pseudonym import Pseudonymizer, load_or_create_site_key
-    from ..registry import Registry, RegistryError
-
-    if not state.home.site_key_path.exists():
-        raise RegistryError("no site key in the data home: the pseudonyms of ingested data cannot be computed; "
-                            "restore site.key from backup (a new key would find nothing)")
-    pseudonymizer = Pseudonymizer(load_or_create_site_key(state.home.site_key_path))
-    with Registry(state.home) as registry:
-        return registry.forget_patient(patient_id, pseudonymizer, actor=user, reason=reason,
-                                       hooks=state.delete_hooks)

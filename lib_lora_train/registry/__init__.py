@@ -13,10 +13,12 @@ from .errors import (
     AdapterNameInUseError, AdapterNotFoundError, AuditTamperedError, ErasureError, RegistryCorruptError,
     RegistryError,
 )
+from .lifecycle import site_pseudonymizer
 from .records import AdapterRecord, new_adapter_id
 from .verify import Problem
 
 __all__ = [
     "ACTIONS", "AdapterNameInUseError", "AdapterNotFoundError", "AdapterRecord", "AuditLog", "AuditTamperedError",
     "ChainReport", "ErasureError", "Problem", "Registry", "RegistryCorruptError", "RegistryError", "new_adapter_id",
+    "site_pseudonymizer",
 ]

@@ -120,16 +120,12 @@ def _delete(args, registry, home):
 
 
 def _forget(args, registry, home):
-    from ..dicom.pseudonym import Pseudonymizer, load_or_create_site_key
+    from .lifecycle import site_pseudonymizer
 
     patient_id = sys.stdin.readline().strip() if args.patient_id == "-" else args.patient_id
     if not patient_id:
         raise RegistryError("--patient-id is empty; give the PatientID, or '-' and the id on standard input")
-    if not home.site_key_path.exists():
-        raise RegistryError(f"no site key in {home.secrets_dir}: the pseudonyms of ingested data cannot be computed. "
-                            "Restore site.key from backup (a new key would find nothing)")
-    receipt = registry.forget_patient(patient_id, Pseudonymizer(load_or_create_site_key(home.site_key_path)),
-                                      actor=cli_actor(), reason=args.reason)
+    receipt = registry.forget_patient(patient_id, site_pseudonymizer(home), actor=cli_actor(), reason=args.reason)
     if args.json:
         return _print_json(receipt)
     counts = receipt["counts"]

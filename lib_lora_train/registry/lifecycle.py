@@ -11,8 +11,25 @@ import logging
 import pathlib
 
 from . import erasure
+from .errors import RegistryError
 
 logger = logging.getLogger(__name__)
+
+
+def site_pseudonymizer(home):
+    """The pseudonymizer of the site key the data was ingested with, to find a patient's data.
+
+    Never creates a key: a new one would find nothing and report a patient as erased.
+
+    Raises:
+        RegistryError: the data home has no site key.
+    """
+    from ..dicom.pseudonym import Pseudonymizer, load_or_create_site_key
+
+    if not home.site_key_path.exists():
+        raise RegistryError("no site key in the data home (secrets/site.key): the pseudonyms of ingested data cannot "
+                            "be computed; restore site.key from backup (a new key would find nothing)")
+    return Pseudonymizer(load_or_create_site_key(home.site_key_path))
 
 
 def forget_patient(registry, pseudonym, *, actor, reason, hooks):

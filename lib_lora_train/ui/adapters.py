@@ -75,13 +75,13 @@ def forget_patient(context, patient_id, *, user):
 
     The id is turned into its keyed pseudonym at once and is neither stored nor logged.
     """
-    from ..api.routes import forget_patient_by_id
+    from ..workflow import forget_patient as forget
 
     actor = context.check_allowed(user, "delete")
     patient_id = (patient_id or "").strip()
     if not patient_id:
         raise InputError("type the patient id (DICOM PatientID) to forget", code="no_patient")
-    return forget_patient_by_id(context.state, patient_id, actor, reason=FORGET_REASON)
+    return forget(context.home, patient_id, actor=actor, reason=FORGET_REASON, hooks=context.state.delete_hooks)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -192,9 +192,9 @@ def sweep_stale_uploads(home, max_age_s=UPLOAD_MAX_AGE_S, now=None):
 
 def dataset_folder(home, dataset_id):
     """The folder of a prepared dataset (validated id)."""
-    from ..api.routes import DATASET_ID
+    from ..naming import DATASET_ID_PATTERN
 
-    if not isinstance(dataset_id, str) or not DATASET_ID.fullmatch(dataset_id):
+    if not isinstance(dataset_id, str) or not DATASET_ID_PATTERN.fullmatch(dataset_id):
         raise InputError("no dataset prepared yet: upload DICOM files first", code="no_dataset")
     folder = home.datasets_dir / dataset_id
     if not (folder / "metadata.csv").is_file():
