@@ -110,8 +110,11 @@ def build_context(home, *, credentials=None, base_model="embedded"):
     from .generate import StandaloneGenerator
 
     generator = StandaloneGenerator(home, shared_host, lock, usage=UsageRecorder(home))
+    # Checked once, at start (it hashes every adapter file and is audited), as the WebUI's maintenance does;
+    # the page asks for the notices with every poll.
+    problems = startup_notices(home)
     return UiContext(state=state, host_name="standalone", auth_enabled=bool(credentials), generate=generator,
-                     notices=lambda: startup_notices(home))
+                     notices=lambda: list(problems))
 
 
 def startup_notices(home):

@@ -37,6 +37,14 @@ def test_without_credentials_access_control_is_off_and_said_so(home):
     assert not any("Access control is off" in note for note in signed.current_notices())
 
 
+def test_the_start_up_check_runs_once_however_often_the_page_polls(home):
+    context = standalone.build_context(home)
+    log = home.audit_log_path.read_text()
+    for _ in range(3):
+        context.current_notices()
+    assert home.audit_log_path.read_text() == log and log.count('"verify"') == 1
+
+
 def test_registry_problems_are_shown_at_start_up(home):
     home.adapters_dir.mkdir(parents=True, exist_ok=True)
     (home.adapters_dir / "stray.safetensors").write_bytes(b"not registered")
