@@ -210,8 +210,7 @@ class JobManager:
         """The newest ``sample_prompt`` preview of a job (a path), or None."""
         import pathlib
 
-        job = self._job(job_id)
-        output_dir = job.output_dir
+        output_dir = self._job(job_id).output_dir
         samples = sorted((pathlib.Path(output_dir) / "samples").glob("epoch_*.png")) if output_dir else []
         return samples[-1] if samples else None
 
@@ -245,7 +244,6 @@ class JobManager:
     def _run(self, job):
         """Train inside the lock; the observer hears of the end before the lock is released, so
         a generation waiting for it never has its progress state reset by this job."""
-        outcome = {}
         with job.lock if job.lock is not None else contextlib.nullcontext():
             try:
                 result, exported, record = self._train(job)
